@@ -1,0 +1,3 @@
+"""AgentFlow Payments server."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,215 @@
+"""Server interceptors: the error boundary with metrics (outermost), then authentication,
+authorisation and rate limiting.
+
+grpc.aio interceptors only see the method name and metadata, so each one wraps
+the handler's behaviour to reach the request (a bulk call's cost is its size).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
+
+import grpc
+
+from agentflow_payments import Reason
+
+from ..auth import ApiKeyRegistry, Principal, RateLimiter
+from ..auth.principal import reset_principal, set_principal
+from ..errors import ApiError
+from ..ledger import StorageError
+from ..metrics import Metrics
+from .policy import POLICIES, is_public
+from .status import to_grpc_status
+
+log = logging.getLogger("agentflow.api")
+audit = logging.getLogger("agentflow.audit")
+
+Unary = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+Stream = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
+Handler = grpc.RpcMethodHandler[Any, Any]
+HandlerContinuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
+
+
+def _wrap(
+    handler: Handler,
+    unary: Callable[[Unary], Unary],
+    stream: Callable[[Stream], Stream],
+) -> Handler:
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            unary(cast(Unary, handler.unary_unary)),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            stream(cast(Stream, handler.unary_stream)),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler  # the v1 API has no client streams
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
+    """Turns exceptions into rich statuses and counts every RPC by method and code.
+
+    ``ApiError`` becomes its catalogued status; ``StorageError`` becomes
+    UNAVAILABLE/STORAGE_UNAVAILABLE; anything else is logged and answered
+    INTERNAL without leaking its text.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self, continuation: HandlerContinuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method
+        metrics = self._metrics
+
+        def unary(behavior: Unary) -> Unary:
+            async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                started = time.perf_counter()
+                code = grpc.StatusCode.OK
+                try:
+                    return await behavior(request, context)
+                except grpc.aio.AbortError:
+                    code = grpc.StatusCode.UNKNOWN
+                    raise
+                except Exception as error:
+                    api_error = _translate(error, method)
+                    code = api_error.reason.code
+                    await _abort(context, api_error)
+                finally:
+                    metrics.rpc_requests.labels(method, code.name).inc()
+                    metrics.rpc_duration.labels(method).observe(time.perf_counter() - started)
+
+            return call
+
+        def stream(behavior: Stream) -> Stream:
+            async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                code = grpc.StatusCode.OK
+                try:
+                    async for response in behavior(request, context):
+                        yield response
+                except grpc.aio.AbortError:
+                    code = grpc.StatusCode.UNKNOWN
+                    raise
+                except Exception as error:
+                    api_error = _translate(error, method)
+                    code = api_error.reason.code
+                    await _abort(context, api_error)
+                finally:
+                    metrics.rpc_requests.labels(method, code.name).inc()
+
+            return call
+
+        return _wrap(handler, unary, stream)
+
+
+def _translate(error: Exception, method: str) -> ApiError:
+    """The ApiError to answer ``error`` with."""
+    if isinstance(error, ApiError):
+        return error
+    if isinstance(error, StorageError):
+        log.error("storage failure in %s: %s", method, error)
+        return ApiError(Reason.STORAGE_UNAVAILABLE, "the ledger database is unavailable")
+    log.exception("unexpected error in %s", method, exc_info=error)
+    return ApiError(Reason.INTERNAL, "internal error")
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: ApiError) -> None:
+    status = to_grpc_status(error)
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def _bearer(metadata: Any) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else None
+    return None
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
+    """Authenticates the API key, checks the method's scopes, applies the key's rate limit, and makes
+    the caller available to servicers as :func:`~agentflow_server.auth.current_principal`."""
+
+    def __init__(self, registry: ApiKeyRegistry, limiter: RateLimiter, metrics: Metrics) -> None:
+        self._registry = registry
+        self._limiter = limiter
+        self._metrics = metrics
+
+    def _admit(self, method: str, secret: str | None, peer: str, request: Any) -> Principal:
+        policy = POLICIES.get(method)
+        try:
+            principal = self._registry.authenticate(secret)
+            if policy is None or principal.scope not in policy.scopes:
+                needs = policy.needs if policy is not None else "none"
+                raise ApiError(
+                    Reason.SCOPE_DENIED,
+                    f"an API key of scope {principal.scope.value} may not call {method}",
+                    metadata={"scope": principal.scope.value, "required_scopes": needs},
+                )
+        except ApiError as error:
+            self._metrics.auth_failures.labels(error.reason.value).inc()
+            audit.warning(
+                "auth refused",
+                extra={"event": "auth.refused", "method": method, "peer": peer, "reason": error.reason.value},
+            )
+            raise
+        delay = self._limiter.try_acquire(
+            principal.key_id, principal.requests_per_minute, principal.burst, policy.cost(request)
+        )
+        if delay is not None:
+            self._metrics.rate_limited.inc()
+            raise ApiError(
+                Reason.RATE_LIMIT_EXCEEDED,
+                f"rate limit of {principal.requests_per_minute}/min (burst {principal.burst}) exceeded",
+                metadata={
+                    "requests_per_minute": str(principal.requests_per_minute),
+                    "burst": str(principal.burst),
+                    "retry_after_ms": str(max(1, round(delay.total_seconds() * 1000))),
+                },
+                retry_delay=delay,
+            )
+        return principal
+
+    async def intercept_service(
+        self, continuation: HandlerContinuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or is_public(method):
+            return handler
+        secret = _bearer(handler_call_details.invocation_metadata)
+        admit = self._admit
+
+        def unary(behavior: Unary) -> Unary:
+            async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                token = set_principal(admit(method, secret, context.peer(), request))
+                try:
+                    return await behavior(request, context)
+                finally:
+                    reset_principal(token)
+
+            return call
+
+        def stream(behavior: Stream) -> Stream:
+            async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                token = set_principal(admit(method, secret, context.peer(), request))
+                try:
+                    async for response in behavior(request, context):
+                        yield response
+                finally:
+                    reset_principal(token)
+
+            return call
+
+        return _wrap(handler, unary, stream)

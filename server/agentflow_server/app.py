@@ -1,0 +1,209 @@
+"""Assembling and running the service: storage, keys, the gRPC server, health, reflection, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from agentflow_payments.v1 import (
+    accounts_pb2,
+    accounts_pb2_grpc,
+    admin_pb2,
+    admin_pb2_grpc,
+    escrow_pb2,
+    escrow_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
+    payments_pb2,
+    payments_pb2_grpc,
+    webhooks_pb2,
+    webhooks_pb2_grpc,
+)
+
+from .api.accounts import AccountServicer
+from .api.admin import AdminServicer
+from .api.escrow import EscrowServicer
+from .api.events import EventServicer
+from .api.interceptors import AuthInterceptor, ErrorInterceptor
+from .api.payments import PaymentServicer
+from .api.webhooks import WebhookServicer
+from .auth import ApiKeyRegistry, RateLimiter
+from .config import Settings
+from .ledger import Database
+from .ledger.api_keys import ApiKeyStore
+from .metrics import Metrics
+
+log = logging.getLogger("agentflow.server")
+
+# grpcio-health-checking ships no types for its asyncio servicer.
+AsyncHealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
+
+SERVICE_NAMES: tuple[str, ...] = tuple(
+    module.DESCRIPTOR.services_by_name[name].full_name
+    for module, name in (
+        (payments_pb2, "PaymentService"),
+        (escrow_pb2, "EscrowService"),
+        (webhooks_pb2, "WebhookService"),
+        (events_pb2, "EventService"),
+        (accounts_pb2, "AccountService"),
+        (admin_pb2, "AdminService"),
+    )
+)
+"""The full names of the six v1 services, as health and reflection know them."""
+
+# Keepalive pings from the SDK (every 60 s) must not be taken for abuse.
+_SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
+    # A second server on the same port must fail to bind, not share the port.
+    ("grpc.so_reuseport", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 30_000),
+)
+
+
+class StartupError(Exception):
+    """The service could not start: a port in use, an unreadable certificate, a database that refuses."""
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where a started server listens."""
+
+    grpc_port: int
+    metrics_port: int | None
+
+
+class Service:
+    """The running service. Start with :meth:`start`, stop with :meth:`stop`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        server: grpc.aio.Server,
+        health_servicer: Any,
+        metrics: Metrics,
+        endpoints: Endpoints,
+        metrics_http: Any,
+    ) -> None:
+        self.settings = settings
+        self.database = database
+        self.server = server
+        self.health = health_servicer
+        self.metrics = metrics
+        self.endpoints = endpoints
+        self._metrics_http = metrics_http
+        self._stopped = False
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Service:
+        """Open the ledger, load the keys, bind the ports and start serving."""
+        try:
+            database = await Database.open(settings.ledger_url)
+        except Exception as error:
+            raise StartupError(f"cannot open the ledger at {settings.ledger_url}: {error}") from error
+        metrics = Metrics()
+        limiter = RateLimiter()
+        registry = ApiKeyRegistry(ApiKeyStore(database), limiter)
+        default_limit = (settings.rate_limit_per_minute, settings.rate_limit_burst)
+        admin_key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
+        await registry.load(admin_key, default_limit)
+
+        server = grpc.aio.server(
+            interceptors=[ErrorInterceptor(metrics), AuthInterceptor(registry, limiter, metrics)],
+            options=_SERVER_OPTIONS,
+        )
+        payments_pb2_grpc.add_PaymentServiceServicer_to_server(PaymentServicer(), server)
+        escrow_pb2_grpc.add_EscrowServiceServicer_to_server(EscrowServicer(), server)
+        webhooks_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(), server)
+        events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(), server)
+        accounts_pb2_grpc.add_AccountServiceServicer_to_server(AccountServicer(), server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(registry, default_limit), server)
+        health_servicer = AsyncHealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+
+        try:
+            port = _bind(server, settings)
+        except Exception:
+            await database.close()
+            raise
+        metrics_http, metrics_port = None, None
+        if settings.metrics_listen:
+            host, _, raw_port = settings.metrics_listen.rpartition(":")
+            try:
+                metrics_http, _thread = start_http_server(int(raw_port), addr=host, registry=metrics.registry)
+            except OSError as error:
+                await database.close()
+                raise StartupError(f"cannot serve metrics on {settings.metrics_listen}: {error}") from error
+            metrics_port = metrics_http.server_port
+        await server.start()
+        for name in ("", *SERVICE_NAMES):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        endpoints = Endpoints(grpc_port=port, metrics_port=metrics_port)
+        log.info(
+            "serving",
+            extra={"event": "server.started", "grpc_port": port, "metrics_port": metrics_port},
+        )
+        return cls(settings, database, server, health_servicer, metrics, endpoints, metrics_http)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful shutdown: report NOT_SERVING, refuse new calls, let in-flight ones finish within
+        ``grace`` seconds (the configured grace by default), then close the ledger."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+        await self.database.close()
+        log.info("stopped", extra={"event": "server.stopped"})
+
+
+def _bind(server: grpc.aio.Server, settings: Settings) -> int:
+    address = settings.listen
+    try:
+        if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+            credentials = grpc.ssl_server_credentials(
+                [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())]
+            )
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
+    except (RuntimeError, OSError) as error:
+        raise StartupError(f"cannot listen on {address}: {error}") from error
+    if port == 0:
+        raise StartupError(f"cannot listen on {address}")
+    return port
+
+
+async def serve(settings: Settings, on_started: Any = None) -> None:
+    """Run the service until SIGTERM or SIGINT, then shut down gracefully.
+
+    ``on_started`` is called with the started :class:`Service` (the dev
+    command prints its banner from it).
+    """
+    service = await Service.start(settings)
+    if on_started is not None:
+        on_started(service)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+        log.info("shutting down", extra={"event": "server.stopping"})
+    finally:
+        await service.stop()

@@ -1,0 +1,96 @@
+"""The ``agentflow`` command: ``serve`` runs the service, ``dev`` runs it on the embedded defaults with a dev key."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from .app import Service, StartupError, serve
+from .auth.keys import KEY_PREFIX
+from .config import CONFIG_FILE_VARIABLE, load_settings
+from .logs import configure_logging
+
+EXIT_CONFIG = 2
+EXIT_STARTUP = 3
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: value for name in ("listen", "data_dir") if (value := getattr(args, name)) is not None}
+
+
+def _dev_banner(admin_key: str, generated: bool) -> Any:
+    def banner(service: Service) -> None:
+        host = service.settings.listen.rpartition(":")[0]
+        target = f"{host}:{service.endpoints.grpc_port}"
+        lines = [
+            "",
+            "AgentFlow Payments dev server",
+            f"  gRPC:      {target} (plaintext, reflection on)",
+            f"  ledger:    {service.settings.ledger_url}",
+        ]
+        if service.endpoints.metrics_port is not None:
+            lines.append(f"  metrics:   http://{host}:{service.endpoints.metrics_port}/metrics")
+        note = " (generated for this run)" if generated else " (from AGENTFLOW_ADMIN_API_KEY)"
+        lines += [
+            f"  admin key: {admin_key}{note}",
+            "",
+            "Try:",
+            f"  grpcurl -plaintext {target} list",
+            f"  grpcurl -plaintext -H 'authorization: Bearer {admin_key}' \\",
+            f"      -d '{{}}' {target} agentflow.payments.v1.AdminService/ListApiKeys",
+            "",
+            "Ctrl-C stops it.",
+            "",
+        ]
+        print("\n".join(lines), flush=True)
+
+    return banner
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``agentflow`` command."""
+    parser = argparse.ArgumentParser(prog="agentflow", description="AgentFlow Payments")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("serve", "run the server, configured by AGENTFLOW_* variables and an optional TOML file"),
+        ("dev", "run the server on the embedded defaults and print a dev admin key"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("--config", help=f"TOML configuration file (also {CONFIG_FILE_VARIABLE})")
+        command.add_argument("--listen", help="host:port to serve gRPC on (AGENTFLOW_LISTEN)")
+        command.add_argument("--data-dir", dest="data_dir", help="ledger directory (AGENTFLOW_DATA_DIR)")
+    args = parser.parse_args(argv)
+    if args.config:
+        os.environ[CONFIG_FILE_VARIABLE] = args.config
+
+    overrides = _overrides(args)
+    on_started = None
+    if args.command == "dev":
+        generated = not os.environ.get("AGENTFLOW_ADMIN_API_KEY")
+        admin_key = os.environ.get("AGENTFLOW_ADMIN_API_KEY") or KEY_PREFIX + "dev_" + secrets.token_urlsafe(24)
+        overrides.setdefault("admin_api_key", admin_key)
+        overrides.setdefault("log_format", os.environ.get("AGENTFLOW_LOG_FORMAT", "text"))
+        on_started = _dev_banner(admin_key, generated)
+    try:
+        settings = load_settings(**overrides)
+    except (ValidationError, FileNotFoundError, ValueError) as error:
+        print(f"agentflow: invalid configuration:\n{error}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        asyncio.run(serve(settings, on_started))
+    except StartupError as error:
+        print(f"agentflow: {error}", file=sys.stderr)
+        return EXIT_STARTUP
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

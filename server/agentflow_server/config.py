@@ -1,0 +1,109 @@
+"""Configuration: ``AGENTFLOW_*`` environment variables over an optional TOML file over defaults.
+
+Every setting is an environment variable (``AGENTFLOW_LISTEN``) and a TOML key
+(``listen = "0.0.0.0:50051"``) in the file named by ``AGENTFLOW_CONFIG``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_FILE_VARIABLE = "AGENTFLOW_CONFIG"
+
+
+def _host_port(value: str, setting: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{setting} must be host:port, got {value!r}")
+    return value
+
+
+class Settings(BaseSettings):
+    """The server's settings. See the configuration table in the README."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENTFLOW_", extra="forbid", frozen=True)
+
+    listen: str = Field("127.0.0.1:50051", description="host:port the gRPC server binds; port 0 picks a free one")
+    data_dir: Path = Field(Path("./agentflow-data"), description="directory of the embedded SQLite ledger")
+    database_url: str | None = Field(None, description="SQLAlchemy URL of the ledger; SQLite in data_dir when unset")
+    admin_api_key: SecretStr | None = Field(
+        None, description="an admin API key to bootstrap with; valid while it is set"
+    )
+    metrics_listen: str = Field(
+        "127.0.0.1:9464", description="host:port of the Prometheus /metrics endpoint; empty to disable"
+    )
+    rate_limit_per_minute: int = Field(100, ge=1, description="default requests a minute per API key")
+    rate_limit_burst: int = Field(20, ge=1, description="default burst (bucket size) per API key")
+    max_bulk_size: int = Field(500, ge=1, le=10_000, description="most items in one SubmitPayments call")
+    shutdown_grace: float = Field(10.0, ge=0, description="seconds in-flight calls get to finish on SIGTERM")
+    tls_cert_file: Path | None = Field(None, description="PEM certificate chain; enables TLS with tls_key_file")
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_format: str = Field("json", description="json (one object a line) or text")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_FILE_VARIABLE)
+        if config_file:
+            if not Path(config_file).is_file():
+                raise FileNotFoundError(f"{CONFIG_FILE_VARIABLE}={config_file}: no such file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        return _host_port(value, "listen")
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _check_metrics_listen(cls, value: str) -> str:
+        return _host_port(value, "metrics_listen") if value else value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {value!r}")
+        return value.upper()
+
+    @field_validator("log_format")
+    @classmethod
+    def _check_log_format(cls, value: str) -> str:
+        if value not in {"json", "text"}:
+            raise ValueError(f"log_format must be json or text, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        return self
+
+    @property
+    def ledger_url(self) -> str:
+        """The SQLAlchemy URL of the ledger database."""
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'agentflow.db'}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings from the environment and ``AGENTFLOW_CONFIG``; ``overrides`` win over both."""
+    return Settings(**overrides)
