@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc.aio import ClientCallDetails
@@ -31,6 +31,15 @@ _CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
 )
 
 
+# grpc-stubs makes the interceptor bases generic; grpcio's classes are not subscriptable at runtime.
+if TYPE_CHECKING:
+    _UnaryBase = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
+    _StreamBase = grpc.aio.UnaryStreamClientInterceptor[Any, Any]
+else:
+    _UnaryBase = grpc.aio.UnaryUnaryClientInterceptor
+    _StreamBase = grpc.aio.UnaryStreamClientInterceptor
+
+
 def _details(details: ClientCallDetails, api_key: str | None, timeout: float | None) -> ClientCallDetails:
     metadata = grpc.aio.Metadata(*(details.metadata or ()))
     if api_key is not None and "authorization" not in metadata:
@@ -44,7 +53,7 @@ def _details(details: ClientCallDetails, api_key: str | None, timeout: float | N
     )
 
 
-class _UnaryInterceptor(grpc.aio.UnaryUnaryClientInterceptor[Any, Any]):
+class _UnaryInterceptor(_UnaryBase):
     def __init__(self, api_key: str | None, timeout: float | None) -> None:
         self._api_key = api_key
         self._timeout = timeout
@@ -59,7 +68,7 @@ class _UnaryInterceptor(grpc.aio.UnaryUnaryClientInterceptor[Any, Any]):
             raise from_rpc_error(error) from error
 
 
-class _StreamInterceptor(grpc.aio.UnaryStreamClientInterceptor[Any, Any]):
+class _StreamInterceptor(_StreamBase):
     def __init__(self, api_key: str | None) -> None:
         self._api_key = api_key
 

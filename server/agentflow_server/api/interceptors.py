@@ -21,15 +21,15 @@ from ..auth.principal import reset_principal, set_principal
 from ..errors import ApiError
 from ..ledger import StorageError
 from ..metrics import Metrics
+from .context import Context, Handler, ServerInterceptor
 from .policy import POLICIES, is_public
 from .status import to_grpc_status
 
 log = logging.getLogger("agentflow.api")
 audit = logging.getLogger("agentflow.audit")
 
-Unary = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
-Stream = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
-Handler = grpc.RpcMethodHandler[Any, Any]
+Unary = Callable[[Any, Context], Awaitable[Any]]
+Stream = Callable[[Any, Context], AsyncIterator[Any]]
 HandlerContinuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
 
 
@@ -53,7 +53,7 @@ def _wrap(
     return handler  # the v1 API has no client streams
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
+class ErrorInterceptor(ServerInterceptor):
     """Turns exceptions into rich statuses and counts every RPC by method and code.
 
     ``ApiError`` becomes its catalogued status; ``StorageError`` becomes
@@ -74,7 +74,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
         metrics = self._metrics
 
         def unary(behavior: Unary) -> Unary:
-            async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            async def call(request: Any, context: Context) -> Any:
                 started = time.perf_counter()
                 code = grpc.StatusCode.OK
                 try:
@@ -93,7 +93,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
             return call
 
         def stream(behavior: Stream) -> Stream:
-            async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            async def call(request: Any, context: Context) -> AsyncIterator[Any]:
                 code = grpc.StatusCode.OK
                 try:
                     async for response in behavior(request, context):
@@ -124,7 +124,7 @@ def _translate(error: Exception, method: str) -> ApiError:
     return ApiError(Reason.INTERNAL, "internal error")
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: ApiError) -> None:
+async def _abort(context: Context, error: ApiError) -> None:
     status = to_grpc_status(error)
     await context.abort(status.code, status.details, status.trailing_metadata)
 
@@ -137,7 +137,7 @@ def _bearer(metadata: Any) -> str | None:
     return None
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
+class AuthInterceptor(ServerInterceptor):
     """Authenticates the API key, checks the method's scopes, applies the key's rate limit, and makes
     the caller available to servicers as :func:`~agentflow_server.auth.current_principal`."""
 
@@ -192,7 +192,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
         admit = self._admit
 
         def unary(behavior: Unary) -> Unary:
-            async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            async def call(request: Any, context: Context) -> Any:
                 token = set_principal(admit(method, secret, context.peer(), request))
                 try:
                     return await behavior(request, context)
@@ -202,7 +202,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
             return call
 
         def stream(behavior: Stream) -> Stream:
-            async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            async def call(request: Any, context: Context) -> AsyncIterator[Any]:
                 token = set_principal(admit(method, secret, context.peer(), request))
                 try:
                     async for response in behavior(request, context):
