@@ -37,13 +37,17 @@ def generate(out: Path) -> None:
     bindir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory() as raw:
         cmd = [
-            sys.executable, "-m", "grpc_tools.protoc",
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
             f"-I{PROTO_ROOT}",
             f"-I{Path(grpc_tools.__file__).parent / '_proto'}",
-            f"--python_out={raw}", f"--grpc_python_out={raw}",
+            f"--python_out={raw}",
+            f"--grpc_python_out={raw}",
             f"--plugin=protoc-gen-mypy={bindir / 'protoc-gen-mypy'}",
             f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}",
-            f"--mypy_out=quiet:{raw}", f"--mypy_grpc_out=quiet:{raw}",
+            f"--mypy_out=quiet:{raw}",
+            f"--mypy_grpc_out=quiet:{raw}",
             *protos,
         ]
         subprocess.run(cmd, check=True, cwd=PROTO_ROOT)

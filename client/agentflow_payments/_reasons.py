@@ -127,5 +127,5 @@ _CATALOGUE: dict[Reason, tuple[grpc.StatusCode, str]] = {
         _S.UNAVAILABLE,
         "The ledger database did not answer; nothing was changed. Retry after the delay in RetryInfo.",
     ),
-    Reason.INTERNAL: (_S.INTERNAL, "An unexpected server error; it was logged with the request's id."),
+    Reason.INTERNAL: (_S.INTERNAL, "An unexpected server error; the server logged it with the method and time."),
 }

@@ -115,6 +115,7 @@ class Service:
         default_limit = (settings.rate_limit_per_minute, settings.rate_limit_burst)
         admin_key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
         await registry.load(admin_key, default_limit)
+        metrics.api_keys_active.set_function(registry.active_count)
 
         server = grpc.aio.server(
             interceptors=[ErrorInterceptor(metrics), AuthInterceptor(registry, limiter, metrics)],
@@ -166,7 +167,8 @@ class Service:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
         if self._metrics_http is not None:
-            self._metrics_http.shutdown()
+            # shutdown() waits for the serving thread's next poll (up to 0.5 s): not on the event loop.
+            await asyncio.to_thread(self._metrics_http.shutdown)
             self._metrics_http.server_close()
         await self.database.close()
         log.info("stopped", extra={"event": "server.stopped"})
@@ -195,13 +197,14 @@ async def serve(settings: Settings, on_started: Any = None) -> None:
     ``on_started`` is called with the started :class:`Service` (the dev
     command prints its banner from it).
     """
-    service = await Service.start(settings)
-    if on_started is not None:
-        on_started(service)
+    # Handlers first: a SIGTERM that arrives while starting still means a clean stop.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    service = await Service.start(settings)
+    if on_started is not None:
+        on_started(service)
     try:
         await stop.wait()
         log.info("shutting down", extra={"event": "server.stopping"})

@@ -7,6 +7,7 @@ the handler's behaviour to reach the request (a bulk call's cost is its size).
 
 from __future__ import annotations
 
+import datetime
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,9 +29,23 @@ from .status import to_grpc_status
 log = logging.getLogger("agentflow.api")
 audit = logging.getLogger("agentflow.audit")
 
+# A database that did not answer usually answers again within a second or so.
+_STORAGE_RETRY_DELAY = datetime.timedelta(seconds=1)
+
 Unary = Callable[[Any, Context], Awaitable[Any]]
 Stream = Callable[[Any, Context], AsyncIterator[Any]]
 HandlerContinuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
+
+
+async def _responses(behavior: Stream, request: Any, context: Context) -> AsyncIterator[Any]:
+    """The messages of a server-streaming handler, whichever of grpc.aio's two styles it uses: an async
+    generator, or a coroutine that writes with ``context.write`` (the health service's Watch)."""
+    result: Any = behavior(request, context)
+    if hasattr(result, "__aiter__"):
+        async for response in result:
+            yield response
+    else:
+        await result
 
 
 def _wrap(
@@ -96,7 +111,7 @@ class ErrorInterceptor(ServerInterceptor):
             async def call(request: Any, context: Context) -> AsyncIterator[Any]:
                 code = grpc.StatusCode.OK
                 try:
-                    async for response in behavior(request, context):
+                    async for response in _responses(behavior, request, context):
                         yield response
                 except grpc.aio.AbortError:
                     code = grpc.StatusCode.UNKNOWN
@@ -119,7 +134,9 @@ def _translate(error: Exception, method: str) -> ApiError:
         return error
     if isinstance(error, StorageError):
         log.error("storage failure in %s: %s", method, error)
-        return ApiError(Reason.STORAGE_UNAVAILABLE, "the ledger database is unavailable")
+        return ApiError(
+            Reason.STORAGE_UNAVAILABLE, "the ledger database is unavailable", retry_delay=_STORAGE_RETRY_DELAY
+        )
     log.exception("unexpected error in %s", method, exc_info=error)
     return ApiError(Reason.INTERNAL, "internal error")
 
@@ -205,7 +222,7 @@ class AuthInterceptor(ServerInterceptor):
             async def call(request: Any, context: Context) -> AsyncIterator[Any]:
                 token = set_principal(admit(method, secret, context.peer(), request))
                 try:
-                    async for response in behavior(request, context):
+                    async for response in _responses(behavior, request, context):
                         yield response
                 finally:
                     reset_principal(token)

@@ -95,6 +95,11 @@ class ApiKeyRegistry:
         self._by_hash = {r.key_hash: _principal(r) for r in records if r.revoke_time_us is None}
         self._revoked_hashes = {r.key_hash for r in records if r.revoke_time_us is not None}
 
+    def active_count(self) -> int:
+        """Keys that would authenticate now: neither revoked nor expired."""
+        now = _now_us()
+        return sum(1 for p in self._by_hash.values() if p.expire_time_us is None or p.expire_time_us > now)
+
     def authenticate(self, secret: str | None) -> Principal:
         """The principal of a presented key, or UNAUTHENTICATED saying why not."""
         if not secret:

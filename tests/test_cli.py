@@ -1,0 +1,176 @@
+"""The ``agentflow`` command as a newcomer and an operator run it: dev banner, grpcurl, SIGTERM, bad config."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from agentflow_payments import AsyncClient
+
+BIN = Path(sys.executable).parent
+AGENTFLOW = str(BIN / "agentflow")
+GRPCURL = str(BIN / "grpcurl")
+SERVICES = [
+    "agentflow.payments.v1.AccountService",
+    "agentflow.payments.v1.AdminService",
+    "agentflow.payments.v1.EscrowService",
+    "agentflow.payments.v1.EventService",
+    "agentflow.payments.v1.PaymentService",
+    "agentflow.payments.v1.WebhookService",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+]
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFLOW_")}
+    env.update(AGENTFLOW_DATA_DIR=str(tmp_path / "data"), AGENTFLOW_METRICS_LISTEN="", **extra)
+    return env
+
+
+async def _run(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+class DevServer:
+    def __init__(self, process: asyncio.subprocess.Process, target: str, admin_key: str) -> None:
+        self.process = process
+        self.target = target
+        self.admin_key = admin_key
+
+
+@pytest.fixture
+async def dev_server(tmp_path: Path) -> AsyncIterator[DevServer]:
+    """``agentflow dev`` in a subprocess on a free port, as ./scripts/dev runs it."""
+    process = await asyncio.create_subprocess_exec(
+        AGENTFLOW,
+        "dev",
+        "--listen",
+        "127.0.0.1:0",
+        env=_env(tmp_path, AGENTFLOW_SHUTDOWN_GRACE="1"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    banner = ""
+    while "admin key:" not in banner:
+        line = await asyncio.wait_for(process.stdout.readline(), 30)
+        assert line, f"agentflow dev exited early: {banner}"
+        banner += line.decode()
+    target = re.search(r"gRPC:\s+(\S+)", banner)
+    key = re.search(r"admin key:\s+(\S+)", banner)
+    assert target is not None
+    assert key is not None
+    yield DevServer(process, target.group(1), key.group(1))
+    if process.returncode is None:
+        process.kill()
+        await process.wait()
+
+
+async def test_grpcurl_lists_the_services_of_the_dev_server_and_checks_health(dev_server: DevServer) -> None:
+    code, out, err = await _run(GRPCURL, "-plaintext", dev_server.target, "list")
+    assert code == 0, err
+    assert out.split() == SERVICES
+
+    code, out, err = await _run(GRPCURL, "-plaintext", dev_server.target, "grpc.health.v1.Health/Check")
+    assert code == 0, err
+    assert json.loads(out) == {"status": "SERVING"}
+
+
+async def test_grpcurl_with_the_printed_dev_key_reaches_admin(dev_server: DevServer) -> None:
+    assert dev_server.admin_key.startswith("afk_dev_")
+    code, out, err = await _run(
+        GRPCURL,
+        "-plaintext",
+        "-H",
+        f"authorization: Bearer {dev_server.admin_key}",
+        "-d",
+        "{}",
+        dev_server.target,
+        "agentflow.payments.v1.AdminService/ListApiKeys",
+    )
+    assert code == 0, err
+    assert json.loads(out)["api_keys"][0]["scope"] == "API_KEY_SCOPE_ADMIN"
+
+    code, out, err = await _run(
+        GRPCURL, "-plaintext", "-d", "{}", dev_server.target, "agentflow.payments.v1.AdminService/ListApiKeys"
+    )
+    assert code != 0
+    assert "Unauthenticated" in err
+    assert '"reason":"API_KEY_MISSING"' in err.replace(" ", "")
+
+
+async def test_sigterm_reports_not_serving_then_exits_cleanly(dev_server: DevServer) -> None:
+    async with AsyncClient(dev_server.target) as client:
+        health = health_pb2_grpc.HealthStub(client.channel)
+        watch = health.Watch(health_pb2.HealthCheckRequest(service="agentflow.payments.v1.PaymentService"))
+        statuses = aiter(watch)
+        first = await asyncio.wait_for(anext(statuses), 10)
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+
+        dev_server.process.send_signal(signal.SIGTERM)
+        # Load balancers watching health stop sending traffic before the server stops.
+        second = await asyncio.wait_for(anext(statuses), 10)
+        assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+    code = await asyncio.wait_for(dev_server.process.wait(), 15)
+    assert code == 0
+    assert dev_server.process.stderr is not None
+    log = (await dev_server.process.stderr.read()).decode()
+    assert "shutting down" in log
+    assert "stopped" in log
+
+
+async def test_serve_logs_json_and_keeps_keys_in_the_data_dir(tmp_path: Path) -> None:
+    process = await asyncio.create_subprocess_exec(
+        AGENTFLOW,
+        "serve",
+        env=_env(tmp_path, AGENTFLOW_LISTEN="127.0.0.1:0", AGENTFLOW_ADMIN_API_KEY="afk_operator_key_1234567890"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    started: dict[str, object] = {}
+    while started.get("event") != "server.started":
+        line = await asyncio.wait_for(process.stderr.readline(), 30)
+        assert line, "agentflow serve exited early"
+        started = json.loads(line)
+    assert isinstance(started["grpc_port"], int)
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(process.wait(), 15) == 0
+    assert (tmp_path / "data" / "agentflow.db").is_file()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"AGENTFLOW_LISTEN": "nowhere"}, "listen must be host:port"),
+        ({"AGENTFLOW_RATE_LIMIT_PER_MINUTE": "0"}, "rate_limit_per_minute"),
+        ({"AGENTFLOW_CONFIG": "/nonexistent/agentflow.toml"}, "no such file"),
+        ({"AGENTFLOW_TLS_CERT_FILE": "/tmp/cert.pem"}, "go together"),
+    ],
+)
+async def test_bad_configuration_exits_2_with_the_setting_named(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        AGENTFLOW, "serve", env=_env(tmp_path, **env), stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    assert message in err.decode()
+    assert "Traceback" not in err.decode()

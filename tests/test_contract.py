@@ -1,0 +1,98 @@
+"""The contract and its generated code: fresh stubs, buf lint, a policy per RPC, the pinned SDK API."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import agentflow_payments
+from agentflow_payments import Reason
+from agentflow_payments.v1 import accounts_pb2, admin_pb2, escrow_pb2, events_pb2, payments_pb2, webhooks_pb2
+from agentflow_server.api.policy import POLICIES
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICE_MODULES = (payments_pb2, escrow_pb2, webhooks_pb2, events_pb2, accounts_pb2, admin_pb2)
+
+
+def test_generated_code_is_fresh() -> None:
+    result = subprocess.run(
+        [sys.executable, "scripts/gen_protos.py", "--check"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_buf_lint_passes() -> None:
+    result = subprocess.run(
+        [str(ROOT / "node_modules/.bin/buf"), "lint"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_rpc_has_exactly_one_policy() -> None:
+    methods = {
+        f"/{service.full_name}/{method.name}"
+        for module in SERVICE_MODULES
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    }
+    assert len(methods) == 8 + 8 + 9 + 2 + 5 + 4
+    assert set(POLICIES) == methods
+
+
+def test_every_enum_starts_with_unspecified_zero() -> None:
+    for module in (*SERVICE_MODULES,):
+        for enum in module.DESCRIPTOR.enum_types_by_name.values():
+            assert enum.values_by_number[0].name.endswith("_UNSPECIFIED"), enum.full_name
+
+
+def test_sdk_public_api_is_pinned() -> None:
+    assert sorted(agentflow_payments.__all__) == sorted(
+        [
+            "DEFAULT_TIMEOUT",
+            "ERROR_DOMAIN",
+            "AgentflowError",
+            "AlreadyExists",
+            "AsyncClient",
+            "DeadlineExceeded",
+            "FailedPrecondition",
+            "FieldViolation",
+            "IdempotencyConflict",
+            "InsufficientBalance",
+            "InternalError",
+            "InvalidArgument",
+            "InvalidAttestation",
+            "InvalidToken",
+            "NotFound",
+            "PermissionDenied",
+            "QueueFull",
+            "RateLimited",
+            "Reason",
+            "ResourceExhausted",
+            "SubscriberTooSlow",
+            "Unauthenticated",
+            "Unavailable",
+            "Unimplemented",
+            "from_rpc_error",
+            "v1",
+        ]
+    )
+    for name in agentflow_payments.__all__:
+        assert hasattr(agentflow_payments, name), name
+
+
+def test_sdk_installs_with_only_grpcio_protobuf_and_grpcio_status() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "client/pyproject.toml").read_text())["project"]
+    names = {re.split(r"[<>=!~\[ ]", dep, maxsplit=1)[0] for dep in project["dependencies"]}
+    assert names == {"grpcio", "grpcio-status", "protobuf"}
+
+
+def test_readme_reasons_table_matches_the_catalogue() -> None:
+    readme = (ROOT / "README.md").read_text()
+    rows = re.findall(r"^\| `([A-Z_]+)` \| `([A-Z_]+)` \| (.+?) \|$", readme, flags=re.MULTILINE)
+    assert [(reason, code, text) for reason, code, text in rows] == [
+        (reason.value, reason.code.name, reason.description) for reason in Reason
+    ]

@@ -1,0 +1,172 @@
+"""The server as an operator and a caller meet it: discovery, health, rate limits, errors, ports, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+from agentflow_payments import ERROR_DOMAIN, AgentflowError, NotFound, RateLimited, Reason, Unimplemented
+from agentflow_payments.v1 import admin_pb2, admin_pb2_grpc, payments_pb2
+from agentflow_server.app import SERVICE_NAMES, StartupError
+
+from .conftest import ALICE, BOB, CreateKey, RunningServer, StartServer
+
+GET = payments_pb2.GetPaymentRequest(name="payments/x")
+
+
+def _item() -> payments_pb2.SubmitPaymentRequest:
+    return payments_pb2.SubmitPaymentRequest(payer=ALICE, payee=BOB, token="USDC", amount="1")
+
+
+async def test_health_is_serving_for_the_server_and_each_service(server: RunningServer) -> None:
+    async with server.client(api_key=None) as client:
+        health = health_pb2_grpc.HealthStub(client.channel)
+        for service in ("", *SERVICE_NAMES):
+            response = await health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert response.status == health_pb2.HealthCheckResponse.SERVING, service
+        with pytest.raises(NotFound) as unknown:
+            await health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
+        assert unknown.value.code is grpc.StatusCode.NOT_FOUND
+
+
+async def test_reflection_describes_all_six_services(server: RunningServer) -> None:
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    def discover() -> tuple[set[str], list[str]]:
+        # The reflection client is synchronous: run it off the loop that serves.
+        with grpc.insecure_channel(server.target) as channel:
+            database = ProtoReflectionDescriptorDatabase(channel)
+            services = set(database.get_services())
+            payment = database.FindFileContainingSymbol("agentflow.payments.v1.PaymentService")
+            methods = [m.name for m in payment.service[0].method]
+        return services, methods
+
+    services, methods = await asyncio.to_thread(discover)
+    assert set(SERVICE_NAMES) <= services
+    assert len(SERVICE_NAMES) == 6
+    assert "SubmitPayments" in methods
+    assert "WatchPayment" in methods
+
+
+async def test_rate_limit_answers_resource_exhausted_with_retry_info(
+    server: RunningServer, create_key: CreateKey
+) -> None:
+    key = await create_key(admin_pb2.API_KEY_SCOPE_READ_ONLY, rate_limit=(60, 3))
+    async with server.client(key.secret) as client:
+        for _ in range(3):
+            with pytest.raises(Unimplemented):
+                await client.payments.GetPayment(GET)
+        with pytest.raises(RateLimited) as caught:
+            await client.payments.GetPayment(GET)
+    error = caught.value
+    assert error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.reason is Reason.RATE_LIMIT_EXCEEDED
+    # 60 a minute is one a second: the next token is at most a second away.
+    assert error.retry_delay is not None
+    assert datetime.timedelta(0) < error.retry_delay <= datetime.timedelta(seconds=1)
+    assert 0 < int(error.metadata["retry_after_ms"]) <= 1000
+    assert error.metadata["requests_per_minute"] == "60"
+
+
+async def test_bulk_call_counts_by_its_size(server: RunningServer, create_key: CreateKey) -> None:
+    key = await create_key(admin_pb2.API_KEY_SCOPE_PAYER, addresses=(ALICE,), rate_limit=(60, 3))
+    async with server.client(key.secret) as client:
+        bulk = payments_pb2.SubmitPaymentsRequest(requests=[_item() for _ in range(5)])
+        # A bulk larger than the burst goes through on a full bucket and leaves it 2 in debt...
+        with pytest.raises(Unimplemented):
+            await client.payments.SubmitPayments(bulk)
+        # ...so the next single call waits for 3 tokens at one a second.
+        with pytest.raises(RateLimited) as caught:
+            await client.payments.GetPayment(GET)
+    assert caught.value.retry_delay is not None
+    assert caught.value.retry_delay > datetime.timedelta(seconds=2)
+
+
+async def test_keys_have_separate_buckets(server: RunningServer, create_key: CreateKey) -> None:
+    slow = await create_key(admin_pb2.API_KEY_SCOPE_READ_ONLY, rate_limit=(1, 1))
+    other = await create_key(admin_pb2.API_KEY_SCOPE_READ_ONLY, rate_limit=(1, 1))
+    async with server.client(slow.secret) as first, server.client(other.secret) as second:
+        with pytest.raises(Unimplemented):
+            await first.payments.GetPayment(GET)
+        with pytest.raises(RateLimited):
+            await first.payments.GetPayment(GET)
+        with pytest.raises(Unimplemented):
+            await second.payments.GetPayment(GET)
+
+
+async def test_errors_are_rich_statuses_on_the_wire(server: RunningServer) -> None:
+    """What a client without our SDK sees: a google.rpc.Status with ErrorInfo and BadRequest."""
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        call = stub.CreateApiKey(
+            admin_pb2.CreateApiKeyRequest(scope=admin_pb2.API_KEY_SCOPE_PAYER, addresses=["not-an-address"]),
+            metadata=(("authorization", f"Bearer {server.settings.admin_api_key.get_secret_value()}"),),  # type: ignore[union-attr]
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+    status = await rpc_status.aio.from_call(call)
+    assert status is not None
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    info = error_details_pb2.ErrorInfo()
+    bad = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(info)
+    assert status.details[1].Unpack(bad)
+    assert (info.domain, info.reason) == (ERROR_DOMAIN, "INVALID_FIELD")
+    assert [v.field for v in bad.field_violations] == ["addresses[0]"]
+
+
+async def test_methods_of_later_issues_answer_unimplemented_with_a_reason(server: RunningServer) -> None:
+    from agentflow_payments.v1 import accounts_pb2, escrow_pb2, events_pb2
+
+    async with server.client() as client:
+        calls = [
+            client.payments.GetBatch(payments_pb2.GetBatchRequest()),
+            client.escrows.CreateEscrow(escrow_pb2.CreateEscrowRequest()),
+            client.accounts.GetBalances(accounts_pb2.GetBalancesRequest()),
+            client.admin.GetMetrics(admin_pb2.GetMetricsRequest()),
+        ]
+        for call in calls:
+            with pytest.raises(Unimplemented) as caught:
+                await call
+            assert caught.value.reason is Reason.NOT_IMPLEMENTED
+        with pytest.raises(Unimplemented) as stream:
+            async for _ in client.events.SubscribeEvents(events_pb2.SubscribeEventsRequest()):
+                pass
+        assert stream.value.metadata == {"method": "EventService.SubscribeEvents"}
+
+
+async def test_a_second_server_on_the_same_port_fails_loudly(
+    server: RunningServer, start_server: StartServer, tmp_path: Path
+) -> None:
+    with pytest.raises(StartupError, match="cannot listen on"):
+        await start_server(listen=server.target, data_dir=tmp_path / "other")
+    async with server.client(api_key=None) as client:  # the first one is unharmed
+        health = health_pb2_grpc.HealthStub(client.channel)
+        assert (await health.Check(health_pb2.HealthCheckRequest())).status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_metrics_endpoint_serves_prometheus_text(start_server: StartServer) -> None:
+    server = await start_server(metrics_listen="127.0.0.1:0")
+    async with server.client() as client:
+        with pytest.raises(Unimplemented):
+            await client.payments.GetPayment(GET)
+    async with server.client(api_key=None) as anonymous:
+        with pytest.raises(AgentflowError):
+            await anonymous.payments.GetPayment(GET)
+    url = f"http://127.0.0.1:{server.service.endpoints.metrics_port}/metrics"
+    body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+    method = "/agentflow.payments.v1.PaymentService/GetPayment"
+    assert f'agentflow_rpc_requests_total{{code="UNIMPLEMENTED",method="{method}"}} 1.0' in body
+    assert f'agentflow_rpc_requests_total{{code="UNAUTHENTICATED",method="{method}"}} 1.0' in body
+    assert 'agentflow_auth_failures_total{reason="API_KEY_MISSING"} 1.0' in body
+    assert "agentflow_api_keys_active 1.0" in body
+    assert f'agentflow_rpc_duration_seconds_count{{method="{method}"}}' in body

@@ -1,0 +1,171 @@
+"""Unit tests of the pieces that need no server: rate buckets, addresses, settings, error mapping."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import grpc
+import pytest
+
+from agentflow_payments import FieldViolation, RateLimited, Reason, from_rpc_error
+from agentflow_server.addresses import parse_address
+from agentflow_server.api.status import to_grpc_status
+from agentflow_server.auth.rate_limit import RateLimiter
+from agentflow_server.config import load_settings
+from agentflow_server.errors import ApiError
+
+from .conftest import ALICE
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_bucket_allows_its_burst_then_refills_at_the_rate() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(clock)
+    assert all(limiter.try_acquire("k", 60, 3) is None for _ in range(3))
+    wait = limiter.try_acquire("k", 60, 3)
+    assert wait == datetime.timedelta(seconds=1)
+    clock.now += 0.5
+    assert limiter.try_acquire("k", 60, 3) == datetime.timedelta(seconds=0.5)
+    clock.now += 0.5
+    assert limiter.try_acquire("k", 60, 3) is None
+    # A long pause refills to the burst, never beyond it.
+    clock.now += 3600
+    assert all(limiter.try_acquire("k", 60, 3) is None for _ in range(3))
+    assert limiter.try_acquire("k", 60, 3) is not None
+
+
+def test_refused_calls_take_nothing() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(clock)
+    assert limiter.try_acquire("k", 60, 1) is None
+    for _ in range(10):
+        assert limiter.try_acquire("k", 60, 1) is not None
+    clock.now += 1
+    assert limiter.try_acquire("k", 60, 1) is None
+
+
+def test_bulk_cost_beyond_the_burst_goes_through_on_a_full_bucket_and_leaves_debt() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(clock)
+    assert limiter.try_acquire("k", 60, 3, cost=2) is None
+    # One token left: a cost of 10 must wait for a full bucket (2 more tokens)...
+    assert limiter.try_acquire("k", 60, 3, cost=10) == datetime.timedelta(seconds=2)
+    clock.now += 2
+    # ...then goes through, leaving 7 tokens of debt: the next single call waits 8 s.
+    assert limiter.try_acquire("k", 60, 3, cost=10) is None
+    assert limiter.try_acquire("k", 60, 3) == datetime.timedelta(seconds=8)
+
+
+def test_a_changed_limit_starts_a_fresh_bucket_and_forget_drops_it() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(clock)
+    assert limiter.try_acquire("k", 60, 1) is None
+    assert limiter.try_acquire("k", 60, 1) is not None
+    assert limiter.try_acquire("k", 120, 1) is None
+    assert limiter.try_acquire("k", 120, 1) is not None
+    limiter.forget("k")
+    assert limiter.try_acquire("k", 120, 1) is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (ALICE, ALICE),
+        (ALICE.lower(), ALICE),
+        ("0x" + ALICE[2:].upper(), None),  # all upper case is not a checksum form
+        ("0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeD", None),
+        (ALICE[2:], None),
+        (ALICE + "00", None),
+        ("0x" + "0" * 40, None),
+        ("0x" + "g" * 40, None),
+        ("", None),
+        (" " + ALICE, None),
+    ],
+)
+def test_parse_address(raw: str, expected: str | None) -> None:
+    if expected is None:
+        with pytest.raises(ValueError, match=r"must|checksum"):
+            parse_address(raw)
+    else:
+        assert parse_address(raw) == expected
+
+
+def test_settings_come_from_toml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "agentflow.toml"
+    config.write_text('listen = "0.0.0.0:6000"\nrate_limit_per_minute = 30\nlog_format = "text"\n')
+    monkeypatch.setenv("AGENTFLOW_CONFIG", str(config))
+    monkeypatch.setenv("AGENTFLOW_RATE_LIMIT_PER_MINUTE", "45")
+    monkeypatch.setenv("AGENTFLOW_DATA_DIR", str(tmp_path / "ledger"))
+    settings = load_settings()
+    assert settings.listen == "0.0.0.0:6000"
+    assert settings.rate_limit_per_minute == 45  # the environment wins over the file
+    assert settings.log_format == "text"
+    assert settings.ledger_url == f"sqlite+aiosqlite:///{tmp_path / 'ledger' / 'agentflow.db'}"
+    assert load_settings(listen="127.0.0.1:7").listen == "127.0.0.1:7"
+
+
+def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("AGENTFLOW_"):
+            monkeypatch.delenv(name)
+    settings = load_settings()
+    assert settings.listen == "127.0.0.1:50051"
+    assert settings.metrics_listen == "127.0.0.1:9464"
+    assert settings.admin_api_key is None
+    assert (settings.rate_limit_per_minute, settings.rate_limit_burst) == (100, 20)
+
+
+def test_secrets_do_not_appear_in_the_settings_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTFLOW_ADMIN_API_KEY", "afk_super_secret_value")
+    assert "afk_super_secret_value" not in repr(load_settings())
+
+
+def _rpc_error(
+    code: grpc.StatusCode, details: str, trailing: tuple[tuple[str, object], ...] = ()
+) -> grpc.aio.AioRpcError:
+    """An AioRpcError as grpc.aio raises it, carrying a status the server built."""
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), details)
+
+
+def test_server_status_decodes_to_the_sdk_exception_with_every_detail() -> None:
+    error = ApiError(
+        Reason.RATE_LIMIT_EXCEEDED,
+        "slow down",
+        metadata={"retry_after_ms": "1500"},
+        field_violations=[FieldViolation("requests[2].amount", "must be positive")],
+        retry_delay=datetime.timedelta(milliseconds=1500),
+    )
+    status = to_grpc_status(error)
+    decoded = from_rpc_error(_rpc_error(status.code, status.details, status.trailing_metadata))
+    assert isinstance(decoded, RateLimited)
+    assert decoded.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert decoded.reason is Reason.RATE_LIMIT_EXCEEDED
+    assert decoded.message == "slow down"
+    assert decoded.metadata == {"retry_after_ms": "1500"}
+    assert decoded.field_violations == (FieldViolation("requests[2].amount", "must be positive"),)
+    assert decoded.retry_delay == datetime.timedelta(milliseconds=1500)
+
+
+def test_status_without_details_decodes_by_code() -> None:
+    from agentflow_payments import NotFound
+
+    decoded = from_rpc_error(_rpc_error(grpc.StatusCode.NOT_FOUND, "gone"))
+    assert isinstance(decoded, NotFound)
+    assert decoded.reason == "NOT_FOUND"
+
+
+def test_every_reason_has_a_code_and_a_description() -> None:
+    for reason in Reason:
+        assert isinstance(reason.code, grpc.StatusCode)
+        assert reason.code is not grpc.StatusCode.OK
+        assert reason.description.endswith(".")
