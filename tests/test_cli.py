@@ -37,11 +37,17 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-async def _run(*args: str) -> tuple[int, str, str]:
+async def _run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run a command to its end (killed after 30 s, so a hung server never outlives the test)."""
     process = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-    out, err = await asyncio.wait_for(process.communicate(), 30)
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
 
@@ -144,14 +150,19 @@ async def test_serve_logs_json_and_keeps_keys_in_the_data_dir(tmp_path: Path) ->
         stderr=asyncio.subprocess.PIPE,
     )
     assert process.stderr is not None
-    started: dict[str, object] = {}
-    while started.get("event") != "server.started":
-        line = await asyncio.wait_for(process.stderr.readline(), 30)
-        assert line, "agentflow serve exited early"
-        started = json.loads(line)
-    assert isinstance(started["grpc_port"], int)
-    process.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(process.wait(), 15) == 0
+    try:
+        started: dict[str, object] = {}
+        while started.get("event") != "server.started":
+            line = await asyncio.wait_for(process.stderr.readline(), 30)
+            assert line, "agentflow serve exited early"
+            started = json.loads(line)
+        assert isinstance(started["grpc_port"], int)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 15) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
     assert (tmp_path / "data" / "agentflow.db").is_file()
 
 
@@ -167,10 +178,19 @@ async def test_serve_logs_json_and_keeps_keys_in_the_data_dir(tmp_path: Path) ->
 async def test_bad_configuration_exits_2_with_the_setting_named(
     tmp_path: Path, env: dict[str, str], message: str
 ) -> None:
-    process = await asyncio.create_subprocess_exec(
-        AGENTFLOW, "serve", env=_env(tmp_path, **env), stderr=asyncio.subprocess.PIPE
+    code, _, err = await _run(AGENTFLOW, "serve", env=_env(tmp_path, **{"AGENTFLOW_LISTEN": "127.0.0.1:0", **env}))
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+
+
+async def test_healthcheck_command_tells_serving_from_down(dev_server: DevServer, tmp_path: Path) -> None:
+    code, out, _ = await _run(AGENTFLOW, "healthcheck", "--listen", dev_server.target, env=_env(tmp_path))
+    assert (code, out.strip()) == (0, "SERVING")
+    dev_server.process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(dev_server.process.wait(), 15) == 0
+    code, _, err = await _run(
+        AGENTFLOW, "healthcheck", "--listen", dev_server.target, "--timeout", "1", env=_env(tmp_path)
     )
-    _, err = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 2
-    assert message in err.decode()
-    assert "Traceback" not in err.decode()
+    assert code == 1
+    assert "unhealthy" in err

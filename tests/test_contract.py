@@ -96,3 +96,13 @@ def test_readme_reasons_table_matches_the_catalogue() -> None:
     assert [(reason, code, text) for reason, code, text in rows] == [
         (reason.value, reason.code.name, reason.description) for reason in Reason
     ]
+
+
+def test_readme_configuration_table_matches_the_settings() -> None:
+    from agentflow_server.config import Settings
+
+    readme = (ROOT / "README.md").read_text()
+    rows = re.findall(r"^\| `AGENTFLOW_([A-Z_]+)` \| `([a-z_]+)` \| (.+?) \| (.+?) \|$", readme, flags=re.MULTILINE)
+    assert [(variable.lower(), key, meaning) for variable, key, _, meaning in rows] == [
+        (name, name, field.description) for name, field in Settings.model_fields.items()
+    ]

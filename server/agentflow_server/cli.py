@@ -10,19 +10,21 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import grpc
 from pydantic import ValidationError
 
 from .app import Service, StartupError, serve
 from .auth.keys import KEY_PREFIX
-from .config import CONFIG_FILE_VARIABLE, load_settings
+from .config import CONFIG_FILE_VARIABLE, Settings, load_settings
 from .logs import configure_logging
 
+EXIT_UNHEALTHY = 1
 EXIT_CONFIG = 2
 EXIT_STARTUP = 3
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {name: value for name in ("listen", "data_dir") if (value := getattr(args, name)) is not None}
+    return {name: value for name in ("listen", "data_dir") if (value := getattr(args, name, None)) is not None}
 
 
 def _dev_banner(admin_key: str, generated: bool) -> Any:
@@ -54,6 +56,33 @@ def _dev_banner(admin_key: str, generated: bool) -> Any:
     return banner
 
 
+async def _check_health(target: str, tls_root: bytes | None, deadline: float) -> str:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    if tls_root is not None:
+        channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=tls_root))
+    else:
+        channel = grpc.aio.insecure_channel(target)
+    async with channel:
+        response = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=deadline)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
+def _healthcheck(settings: Settings, timeout: float) -> int:
+    """Exit 0 when the server this configuration describes answers SERVING (for container health checks)."""
+    host, _, port = settings.listen.rpartition(":")
+    if host in ("0.0.0.0", "[::]", "::"):
+        host = "127.0.0.1"
+    tls_root = settings.tls_cert_file.read_bytes() if settings.tls_cert_file is not None else None
+    try:
+        status = asyncio.run(_check_health(f"{host}:{port}", tls_root, timeout))
+    except grpc.aio.AioRpcError as error:
+        print(f"agentflow: unhealthy: {error.code().name}", file=sys.stderr)
+        return EXIT_UNHEALTHY
+    print(status)
+    return 0 if status == "SERVING" else EXIT_UNHEALTHY
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``agentflow`` command."""
     parser = argparse.ArgumentParser(prog="agentflow", description="AgentFlow Payments")
@@ -66,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         command.add_argument("--config", help=f"TOML configuration file (also {CONFIG_FILE_VARIABLE})")
         command.add_argument("--listen", help="host:port to serve gRPC on (AGENTFLOW_LISTEN)")
         command.add_argument("--data-dir", dest="data_dir", help="ledger directory (AGENTFLOW_DATA_DIR)")
+    check = commands.add_parser("healthcheck", help="exit 0 if the configured server answers SERVING")
+    check.add_argument("--config", help=f"TOML configuration file (also {CONFIG_FILE_VARIABLE})")
+    check.add_argument("--listen", help="host:port of the server (AGENTFLOW_LISTEN)")
+    check.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
     args = parser.parse_args(argv)
     if args.config:
         os.environ[CONFIG_FILE_VARIABLE] = args.config
@@ -83,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValidationError, FileNotFoundError, ValueError) as error:
         print(f"agentflow: invalid configuration:\n{error}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.command == "healthcheck":
+        return _healthcheck(settings, args.timeout)
     configure_logging(settings.log_level, settings.log_format)
     try:
         asyncio.run(serve(settings, on_started))

@@ -44,7 +44,6 @@ class Settings(BaseSettings):
     )
     rate_limit_per_minute: int = Field(100, ge=1, description="default requests a minute per API key")
     rate_limit_burst: int = Field(20, ge=1, description="default burst (bucket size) per API key")
-    max_bulk_size: int = Field(500, ge=1, le=10_000, description="most items in one SubmitPayments call")
     shutdown_grace: float = Field(10.0, ge=0, description="seconds in-flight calls get to finish on SIGTERM")
     tls_cert_file: Path | None = Field(None, description="PEM certificate chain; enables TLS with tls_key_file")
     tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file")
