@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from agentflow_payments import ERROR_DOMAIN, AgentflowError, NotFound, RateLimited, Reason, Unimplemented
-from agentflow_payments.v1 import admin_pb2, admin_pb2_grpc, payments_pb2
+from agentflow_payments.v1 import admin_pb2, admin_pb2_grpc, events_pb2, payments_pb2
 from agentflow_server.app import SERVICE_NAMES, StartupError
 
 from .conftest import ALICE, BOB, CreateKey, RunningServer, StartServer
@@ -162,11 +162,21 @@ async def test_metrics_endpoint_serves_prometheus_text(start_server: StartServer
     async with server.client(api_key=None) as anonymous:
         with pytest.raises(AgentflowError):
             await anonymous.payments.GetPayment(GET)
+        # A handler that ends the call itself (the health service's abort) is counted by its own code.
+        with pytest.raises(NotFound):
+            await health_pb2_grpc.HealthStub(anonymous.channel).Check(health_pb2.HealthCheckRequest(service="nope"))
+        with pytest.raises(AgentflowError):
+            async for _ in anonymous.events.SubscribeEvents(events_pb2.SubscribeEventsRequest()):
+                pass
     url = f"http://127.0.0.1:{server.service.endpoints.metrics_port}/metrics"
     body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
     method = "/agentflow.payments.v1.PaymentService/GetPayment"
     assert f'agentflow_rpc_requests_total{{code="UNIMPLEMENTED",method="{method}"}} 1.0' in body
     assert f'agentflow_rpc_requests_total{{code="UNAUTHENTICATED",method="{method}"}} 1.0' in body
-    assert 'agentflow_auth_failures_total{reason="API_KEY_MISSING"} 1.0' in body
+    assert 'agentflow_auth_failures_total{reason="API_KEY_MISSING"} 2.0' in body  # GetPayment, SubscribeEvents
     assert "agentflow_api_keys_active 1.0" in body
     assert f'agentflow_rpc_duration_seconds_count{{method="{method}"}}' in body
+    assert 'agentflow_rpc_requests_total{code="NOT_FOUND",method="/grpc.health.v1.Health/Check"} 1.0' in body
+    subscribe = "/agentflow.payments.v1.EventService/SubscribeEvents"
+    assert f'agentflow_rpc_requests_total{{code="UNAUTHENTICATED",method="{subscribe}"}} 1.0' in body
+    assert f'agentflow_rpc_duration_seconds_count{{method="{subscribe}"}}' not in body

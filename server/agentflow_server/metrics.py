@@ -21,7 +21,7 @@ class Metrics:
         )
         self.rpc_duration = Histogram(
             "agentflow_rpc_duration_seconds",
-            "Time from receiving an RPC to its answer (unary) or its first message (streams not included).",
+            "Time from receiving a unary RPC to its answer (server streams are not timed).",
             ["method"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
@@ -39,6 +39,6 @@ class Metrics:
         )
         self.api_keys_active = Gauge(
             "agentflow_api_keys_active",
-            "API keys that are neither revoked nor expired, as of the last change.",
+            "API keys that are neither revoked nor expired.",
             registry=self.registry,
         )

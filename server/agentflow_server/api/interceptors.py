@@ -90,42 +90,58 @@ class ErrorInterceptor(ServerInterceptor):
 
         def unary(behavior: Unary) -> Unary:
             async def call(request: Any, context: Context) -> Any:
-                started = time.perf_counter()
-                code = grpc.StatusCode.OK
-                try:
+                async with _Boundary(method, context, metrics, timed=True):
                     return await behavior(request, context)
-                except grpc.aio.AbortError:
-                    code = grpc.StatusCode.UNKNOWN
-                    raise
-                except Exception as error:
-                    api_error = _translate(error, method)
-                    code = api_error.reason.code
-                    await _abort(context, api_error)
-                finally:
-                    metrics.rpc_requests.labels(method, code.name).inc()
-                    metrics.rpc_duration.labels(method).observe(time.perf_counter() - started)
 
             return call
 
         def stream(behavior: Stream) -> Stream:
             async def call(request: Any, context: Context) -> AsyncIterator[Any]:
-                code = grpc.StatusCode.OK
-                try:
+                async with _Boundary(method, context, metrics, timed=False):
                     async for response in _responses(behavior, request, context):
                         yield response
-                except grpc.aio.AbortError:
-                    code = grpc.StatusCode.UNKNOWN
-                    raise
-                except Exception as error:
-                    api_error = _translate(error, method)
-                    code = api_error.reason.code
-                    await _abort(context, api_error)
-                finally:
-                    metrics.rpc_requests.labels(method, code.name).inc()
 
             return call
 
         return _wrap(handler, unary, stream)
+
+
+class _Boundary:
+    """Around one call: turns an exception that escapes the handler into its status, and counts the call
+    by the code it ended with; unary calls are timed too (a stream's life is not a latency)."""
+
+    def __init__(self, method: str, context: Context, metrics: Metrics, *, timed: bool) -> None:
+        self._method = method
+        self._timed = timed
+        self._context = context
+        self._metrics = metrics
+        self._started = 0.0
+
+    async def __aenter__(self) -> None:
+        self._started = time.perf_counter()
+
+    async def __aexit__(self, _type: type[BaseException] | None, error: BaseException | None, _tb: Any) -> None:
+        # A handler may end the call itself (context.abort, as the health service does); its code is then
+        # the context's. A cancelled call (client gone, deadline, shutdown) is not an error of ours.
+        code = self._context.code() or grpc.StatusCode.OK
+        try:
+            if isinstance(error, Exception) and not isinstance(error, grpc.aio.AbortError):
+                api_error = _translate(error, self._method)
+                code = api_error.reason.code
+                await _abort(self._context, api_error)
+            elif error is not None and not isinstance(error, grpc.aio.AbortError):
+                code = grpc.StatusCode.CANCELLED
+        finally:
+            self._metrics.rpc_requests.labels(self._method, _code_name(code)).inc()
+            if self._timed:
+                self._metrics.rpc_duration.labels(self._method).observe(time.perf_counter() - self._started)
+
+
+def _code_name(code: Any) -> str:
+    # grpc.aio reports a code set by the handler as a StatusCode, or as its integer on some paths.
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return next((c.name for c in grpc.StatusCode if c.value[0] == code), "UNKNOWN")
 
 
 def _translate(error: Exception, method: str) -> ApiError:
