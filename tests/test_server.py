@@ -13,7 +13,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from agentflow_payments import ERROR_DOMAIN, AgentflowError, NotFound, RateLimited, Reason, Unimplemented
+from agentflow_payments import ERROR_DOMAIN, AgentflowError, AsyncClient, NotFound, RateLimited, Reason, Unimplemented
 from agentflow_payments.v1 import admin_pb2, admin_pb2_grpc, events_pb2, payments_pb2
 from agentflow_server.app import SERVICE_NAMES, StartupError
 
@@ -180,3 +180,27 @@ async def test_metrics_endpoint_serves_prometheus_text(start_server: StartServer
     subscribe = "/agentflow.payments.v1.EventService/SubscribeEvents"
     assert f'agentflow_rpc_requests_total{{code="UNAUTHENTICATED",method="{subscribe}"}} 1.0' in body
     assert f'agentflow_rpc_duration_seconds_count{{method="{subscribe}"}}' not in body
+
+
+async def test_a_ledger_that_refuses_writes_answers_unavailable_and_changes_nothing(
+    server: RunningServer, admin: AsyncClient
+) -> None:
+    import sqlite3
+
+    from agentflow_payments import Unavailable
+
+    before = await admin.admin.ListApiKeys(admin_pb2.ListApiKeysRequest(show_revoked=True))
+    # Another writer holds the SQLite write lock past the server's busy timeout (5 s).
+    blocker = sqlite3.connect(server.settings.data_dir / "agentflow.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(Unavailable) as caught:
+            await admin.admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(scope=admin_pb2.API_KEY_SCOPE_READ_ONLY))
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert caught.value.reason is Reason.STORAGE_UNAVAILABLE
+    assert caught.value.retry_delay == datetime.timedelta(seconds=1)
+    assert "database is locked" not in caught.value.message  # driver details stay in the server log
+    after = await admin.admin.ListApiKeys(admin_pb2.ListApiKeysRequest(show_revoked=True))
+    assert after == before

@@ -78,12 +78,6 @@ class ApiKeyStore:
             await connection.execute(api_keys.delete().where(api_keys.c.key_id == record.key_id))
             await connection.execute(api_keys.insert().values(**_values(record)))
 
-    async def get(self, key_id: str) -> ApiKeyRecord | None:
-        """The key with this id, revoked or not."""
-        async with self._database.connect() as connection:
-            row = (await connection.execute(sa.select(api_keys).where(api_keys.c.key_id == key_id))).first()
-        return _record(row) if row is not None else None
-
     async def revoke(self, key_id: str, when_us: int) -> ApiKeyRecord | None:
         """Mark a key revoked (keeping the first revocation time); ``None`` when there is no such key."""
         async with self._database.transaction() as connection:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,28 +58,29 @@ class Database:
     @contextlib.asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
         """A connection; driver errors leave it as :class:`StorageError`."""
-        try:
+        with _storage_errors():
             async with self.engine.connect() as connection:
                 yield connection
-        except sqlalchemy.exc.SQLAlchemyError as error:
-            raise StorageError(str(error)) from error
-        except OSError as error:
-            raise StorageError(str(error)) from error
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """A connection inside a transaction, committed when the block ends without an exception."""
-        try:
+        with _storage_errors():
             async with self.engine.begin() as connection:
                 yield connection
-        except sqlalchemy.exc.SQLAlchemyError as error:
-            raise StorageError(str(error)) from error
-        except OSError as error:
-            raise StorageError(str(error)) from error
 
     async def close(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
+
+
+@contextlib.contextmanager
+def _storage_errors() -> Iterator[None]:
+    """The boundary: SQLAlchemy's and the driver's errors become :class:`StorageError`."""
+    try:
+        yield
+    except (sqlalchemy.exc.SQLAlchemyError, OSError) as error:
+        raise StorageError(str(error)) from error
 
 
 def _upgrade(connection: Connection) -> None:
