@@ -204,3 +204,30 @@ async def test_a_ledger_that_refuses_writes_answers_unavailable_and_changes_noth
     assert "database is locked" not in caught.value.message  # driver details stay in the server log
     after = await admin.admin.ListApiKeys(admin_pb2.ListApiKeysRequest(show_revoked=True))
     assert after == before
+
+
+async def test_graceful_stop_finishes_calls_in_flight_and_refuses_new_ones(
+    server: RunningServer, admin: AsyncClient
+) -> None:
+    import sqlite3
+
+    from agentflow_payments import Unavailable
+
+    # Hold the write lock so that a CreateApiKey is still in flight when the stop begins.
+    blocker = sqlite3.connect(server.settings.data_dir / "agentflow.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    in_flight = asyncio.ensure_future(
+        admin.admin.CreateApiKey(admin_pb2.CreateApiKeyRequest(scope=admin_pb2.API_KEY_SCOPE_READ_ONLY))
+    )
+    await asyncio.sleep(0.3)
+    stopping = asyncio.ensure_future(server.service.stop(grace=10))
+    await asyncio.sleep(0.3)
+    assert not in_flight.done()
+    async with server.client() as late:
+        with pytest.raises(Unavailable):
+            await late.admin.ListApiKeys(admin_pb2.ListApiKeysRequest())
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    created = await asyncio.wait_for(in_flight, 10)
+    assert created.secret.startswith("afk_")
+    await asyncio.wait_for(stopping, 10)
