@@ -6,7 +6,9 @@ SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Column, Integer, LargeBinary, MetaData, SmallInteger, String, Table, Text
+
+from .types import SERIAL_ID, Amount
 
 metadata = MetaData()
 
@@ -26,3 +28,122 @@ api_keys = Table(
     Column("revoke_time_us", BigInteger, nullable=True),
     Column("expire_time_us", BigInteger, nullable=True),
 )
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("address", String(42), primary_key=True),
+    Column("token", String(16), primary_key=True),
+    Column("available", Amount, nullable=False),
+    Column("reserved", Amount, nullable=False),
+    Column("escrowed", Amount, nullable=False),
+    Column("update_time_us", BigInteger, nullable=False),
+)
+"""Balances per (address, token): the sum of the journal's movements, kept current for checks and reads."""
+
+transfers = Table(
+    "transfers",
+    metadata,
+    Column("transfer_id", SERIAL_ID, primary_key=True, autoincrement=True),
+    Column("kind", SmallInteger, nullable=False),
+    Column("token", String(16), nullable=False),
+    Column("debit_address", String(42), nullable=False),
+    Column("debit_bucket", SmallInteger, nullable=False),
+    Column("credit_address", String(42), nullable=False),
+    Column("credit_bucket", SmallInteger, nullable=False),
+    Column("amount", Amount, nullable=False),
+    Column("reference", String(96), nullable=False),
+    Column("create_time_us", BigInteger, nullable=False),
+)
+"""The double-entry journal: each row moves ``amount`` from one (address, bucket) to another, so every
+movement has both sides by construction. Money entering or leaving the ledger moves to or from the
+pseudo-address ``@chain``."""
+
+payments = Table(
+    "payments",
+    metadata,
+    # Time-ordered ids: the primary key's order is the acceptance order.
+    Column("payment_id", String(32), primary_key=True),
+    Column("payer", String(42), nullable=False),
+    Column("payee", String(42), nullable=False),
+    Column("token", String(16), nullable=False),
+    Column("amount", Amount, nullable=False),
+    Column("fee_total", Amount, nullable=False),
+    Column("fee_platform", Amount, nullable=False),
+    Column("fee_network", Amount, nullable=False),
+    Column("fee_agent", Amount, nullable=False),
+    Column("fee_staking", Amount, nullable=False),
+    Column("fee_base", Amount, nullable=False),
+    Column("fee_rate_bps", Integer, nullable=False),
+    Column("fee_congestion_bps", Integer, nullable=False),
+    Column("fee_volume_bps", Integer, nullable=False),
+    Column("fee_batch_bps", Integer, nullable=False),
+    Column("priority", SmallInteger, nullable=False),
+    Column("status", SmallInteger, nullable=False),
+    Column("task_id", String(128), nullable=False),
+    Column("memo", String(512), nullable=False),
+    Column("metadata", Text, nullable=False),
+    Column("request_id", String(64), nullable=False),
+    Column("create_time_us", BigInteger, nullable=False),
+    Column("update_time_us", BigInteger, nullable=False),
+    Column("batch_id", String(32), nullable=True),
+    Column("failure_reason", String(512), nullable=False),
+    Column("escrow_id", String(32), nullable=True),
+    Column("transaction_hash", String(66), nullable=True),
+    Column("block_number", BigInteger, nullable=True),
+    Column("gas_used", Amount, nullable=True),
+    Column("gas_cost_wei", Amount, nullable=True),
+    Column("complete_time_us", BigInteger, nullable=True),
+)
+
+batches = Table(
+    "batches",
+    metadata,
+    Column("batch_id", String(32), primary_key=True),
+    Column("chain_batch_id", BigInteger, nullable=False, unique=True),
+    Column("status", SmallInteger, nullable=False),
+    Column("transaction_hash", String(66), nullable=True),
+    Column("block_number", BigInteger, nullable=True),
+    Column("gas_used", Amount, nullable=True),
+    Column("create_time_us", BigInteger, nullable=False),
+    Column("update_time_us", BigInteger, nullable=False),
+)
+"""Settlement batches (written by the settlement stage)."""
+
+idempotency = Table(
+    "idempotency",
+    metadata,
+    # What the key is unique within, for example "payment:<payer>" or "deposit".
+    Column("scope", String(64), primary_key=True),
+    Column("request_id", String(96), primary_key=True),
+    # SHA-256 of the request's meaning: the same id with another meaning is a conflict.
+    Column("request_hash", String(64), nullable=False),
+    Column("resource", String(96), nullable=False),
+    Column("create_time_us", BigInteger, nullable=False),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("sequence", SERIAL_ID, primary_key=True, autoincrement=True),
+    Column("type", String(48), nullable=False),
+    Column("create_time_us", BigInteger, nullable=False),
+    Column("resource", String(96), nullable=False),
+    # JSON list of the EIP-55 addresses the event concerns.
+    Column("addresses", Text, nullable=False),
+    Column("task_id", String(128), nullable=False),
+    # The resource right after the change: its serialized v1 message (Payment, Deposit...).
+    Column("payload", LargeBinary, nullable=False),
+)
+"""The outbox every stream and webhook reads, written in the transaction of the change it records."""
+
+volume_daily = Table(
+    "volume_daily",
+    metadata,
+    Column("payer", String(42), primary_key=True),
+    Column("token", String(16), primary_key=True),
+    # Days since the Unix epoch (UTC).
+    Column("day", Integer, primary_key=True),
+    Column("amount", Amount, nullable=False),
+)
+"""Accepted payment volume per payer, token and day: the trailing 30 days set the volume discount."""
