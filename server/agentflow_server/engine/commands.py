@@ -1,0 +1,94 @@
+"""The typed commands every service hands to the engine: the only ways the ledger changes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from ..tokens import Token
+from .model import Priority
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitPayment:
+    """Accept a payment: price it, reserve amount plus fee from the payer, queue it for settlement.
+
+    ``batch_size`` is the number of items of the SubmitPayments call it came in (1 alone), which sets the
+    batch discount. Fields are already validated; ``request_id`` may be empty (no idempotency).
+    """
+
+    payer: str
+    payee: str
+    token: Token
+    amount: int
+    priority: Priority
+    task_id: str
+    memo: str
+    metadata: tuple[tuple[str, str], ...]
+    request_id: str
+    batch_size: int = 1
+
+    def request_hash(self) -> str:
+        """What the request means, as a digest: the same request_id with another meaning is a conflict."""
+        meaning = [
+            self.payer,
+            self.payee,
+            self.token.symbol,
+            str(self.amount),
+            int(self.priority),
+            self.task_id,
+            self.memo,
+            sorted(self.metadata),
+        ]
+        return hashlib.sha256(json.dumps(meaning, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class CancelPayment:
+    """Cancel a payment still in the queue; its reservation goes back to available.
+
+    ``acts_for`` are the addresses the caller may act for and ``sees`` those whose payments it may read
+    (``None``: all). A payment the caller cannot see is NOT_FOUND, so ids are not probed.
+    """
+
+    payment_id: str
+    reason: str
+    acts_for: frozenset[str] | None
+    sees: frozenset[str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class CreditDeposit:
+    """Credit funds that arrived on chain, exactly once per (transaction hash, log index)."""
+
+    beneficiary: str
+    depositor: str
+    token: Token
+    amount: int
+    transaction_hash: str
+    log_index: int
+    block_number: int
+
+
+@dataclass(frozen=True, slots=True)
+class CompletePayment:
+    """Record that a payment settled on chain: its reservation leaves the ledger to the payee and fees."""
+
+    payment_id: str
+    batch_id: str
+    transaction_hash: str
+    block_number: int
+    gas_used: int
+    gas_cost_wei: int
+
+
+@dataclass(frozen=True, slots=True)
+class FailPayment:
+    """Record that a payment could not be settled: its reservation goes back to the payer."""
+
+    payment_id: str
+    reason: str
+
+
+Command = SubmitPayment | CancelPayment | CreditDeposit | CompletePayment | FailPayment

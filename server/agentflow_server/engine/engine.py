@@ -1,0 +1,622 @@
+"""The batching engine: the one place where ledger state changes.
+
+Services hand it typed commands. It gathers the commands that arrive while the previous group commits (and
+for at most ``max_group_wait`` more), applies them in memory one by one (a command that fails fails alone),
+writes the group's rows in one transaction, and answers each caller only after the commit: an
+acknowledged command is durable. Balances are cached in memory; the engine is their only writer, so the
+cache equals the database after every commit, and is rolled back with the transaction when a commit fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import logging
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from agentflow_payments import Reason
+
+from ..errors import ApiError
+from ..ledger import Database
+from ..ledger.group import AccountKey, GroupWrite, IdempotencyRecord, load_accounts, load_idempotency, write_group
+from ..ledger.payments import load_payments
+from ..ledger.schema import payments, volume_daily
+from ..tokens import Token, TokenRegistry
+from ..wire import deposit_message, payment_message
+from .commands import CancelPayment, Command, CompletePayment, CreditDeposit, FailPayment, SubmitPayment
+from .fees import (
+    Fee,
+    FeeSchedule,
+    batch_discount_bps,
+    compute_fee,
+    congestion_adjustment_bps,
+    volume_discount_bps,
+)
+from .model import (
+    CHAIN,
+    Balance,
+    Bucket,
+    Deposit,
+    Payment,
+    PaymentStatus,
+    Priority,
+    Settlement,
+    TransferKind,
+)
+from .queue import QueuePolicy, SettlementQueue
+from .volume import WINDOW_DAYS, VolumeWindow, day_of
+
+log = logging.getLogger("agentflow.engine")
+
+Result = Payment | Deposit
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The engine's knobs."""
+
+    max_group_size: int = 1000
+    # Seconds a group may wait for more commands after the first; commands that arrive while a group
+    # commits join the next one anyway, so this only matters at low load.
+    max_group_wait: float = 0.0005
+    max_queue_size: int = 10_000
+    fee_schedule: FeeSchedule = field(default_factory=FeeSchedule)
+    queue_policy: QueuePolicy = field(default_factory=QueuePolicy)
+    queue_full_retry: datetime.timedelta = datetime.timedelta(seconds=1)
+
+
+@dataclass(slots=True)
+class _Pending:
+    command: Command
+    future: asyncio.Future[Result]
+
+
+@dataclass
+class _Group:
+    """What one group has read and staged, and how to undo its in-memory changes."""
+
+    write: GroupWrite
+    idempotency: dict[tuple[str, str], IdempotencyRecord] = field(default_factory=dict)
+    payments: dict[str, Payment] = field(default_factory=dict)
+    balance_undo: dict[AccountKey, Balance | None] = field(default_factory=dict)
+    volume_undo: list[tuple[str, str, int, int]] = field(default_factory=list)
+    queued: Counter[str] = field(default_factory=Counter)
+    pushes: list[Payment] = field(default_factory=list)
+    pushed_ids: set[str] = field(default_factory=set)
+    removals: list[Payment] = field(default_factory=list)
+
+
+class Engine:
+    """Applies commands to the ledger in group commits. Start with :meth:`start`, stop with :meth:`stop`."""
+
+    def __init__(
+        self,
+        database: Database,
+        tokens: TokenRegistry,
+        config: EngineConfig | None = None,
+        base_fee_ratio_bps: Callable[[], int | None] = lambda: None,
+    ) -> None:
+        self._database = database
+        self.tokens = tokens
+        self.config = config or EngineConfig()
+        self._base_fee_ratio_bps = base_fee_ratio_bps
+        self.queues: dict[str, SettlementQueue] = {
+            token.symbol: SettlementQueue(self.config.queue_policy) for token in tokens
+        }
+        self._balances: dict[AccountKey, Balance] = {}
+        self._volume = VolumeWindow()
+        self._inbox: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._accepting = False
+
+    # -- life cycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Rebuild the queues and volumes from the ledger, then start applying commands."""
+        now_us = time.time_ns() // 1000
+        async with self._database.connect() as connection:
+            queued = await connection.execute(
+                sa.select(
+                    payments.c.payment_id,
+                    payments.c.token,
+                    payments.c.priority,
+                    payments.c.create_time_us,
+                    payments.c.amount,
+                )
+                .where(payments.c.status == int(PaymentStatus.QUEUED))
+                .order_by(payments.c.payment_id)
+            )
+            count = 0
+            for row in queued:
+                token = self.tokens.get(row.token)
+                self.queues[row.token].push(
+                    row.payment_id, Priority(row.priority), row.create_time_us / 1e6, row.amount, token.decimals
+                )
+                count += 1
+            volumes = await connection.execute(
+                sa.select(volume_daily).where(volume_daily.c.day > day_of(now_us) - WINDOW_DAYS)
+            )
+            for row in volumes:
+                self._volume.load(row.payer, row.token, row.day, row.amount)
+        self._accepting = True
+        self._task = asyncio.create_task(self._run(), name="agentflow-engine")
+        log.info("engine started", extra={"event": "engine.started", "queued_payments": count})
+
+    async def stop(self) -> None:
+        """Refuse new commands, apply every command already handed over, then stop."""
+        self._accepting = False
+        if self._task is None:
+            return
+        await self._inbox.put(None)
+        await self._task
+        self._task = None
+
+    # -- commands -----------------------------------------------------------------------------------
+
+    async def execute(self, command: Command) -> Result:
+        """Apply one command; returns once it is committed. Refusals raise :class:`ApiError`."""
+        return await self._submit([command])[0]
+
+    async def execute_many(self, commands: Sequence[Command]) -> list[Result | ApiError]:
+        """Apply several commands, which join the same group; each succeeds or fails alone."""
+        futures = self._submit(commands)
+        await asyncio.wait(futures)
+        results: list[Result | ApiError] = []
+        for future in futures:
+            error = future.exception()
+            if error is None:
+                results.append(future.result())
+            elif isinstance(error, ApiError):
+                results.append(error)
+            else:
+                raise error
+        return results
+
+    def _submit(self, commands: Sequence[Command]) -> list[asyncio.Future[Result]]:
+        if not self._accepting:
+            raise ApiError(Reason.SHUTTING_DOWN, "the server is shutting down; retry against another replica")
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Result]] = []
+        for command in commands:
+            future: asyncio.Future[Result] = loop.create_future()
+            self._inbox.put_nowait(_Pending(command, future))
+            futures.append(future)
+        return futures
+
+    # -- reads of engine state ----------------------------------------------------------------------
+
+    def quote(self, payer: str, token: Token, amount: int, batch_size: int = 1, queued: int = 0) -> Fee:
+        """The fee the engine would fix now for this payment (``queued``: payments of this token staged
+        ahead of it in the current group)."""
+        schedule = self.config.fee_schedule
+        depth = len(self.queues[token.symbol]) + queued
+        today = day_of(time.time_ns() // 1000)
+        return compute_fee(
+            schedule,
+            amount,
+            min_fee=token.min_fee,
+            congestion_bps=congestion_adjustment_bps(
+                schedule,
+                queue_depth=depth,
+                max_queue_size=self.config.max_queue_size,
+                base_fee_ratio_bps=self._base_fee_ratio_bps(),
+            ),
+            volume_discount_bps=volume_discount_bps(
+                schedule, token.volume_tiers, self._volume.trailing(payer, token.symbol, today)
+            ),
+            batch_discount_bps=batch_discount_bps(schedule, batch_size),
+        )
+
+    # -- the group loop -----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        inbox = self._inbox
+        stopping = False
+        while not stopping:
+            first = await inbox.get()
+            if first is None:
+                break
+            group = [first]
+            deadline = loop.time() + self.config.max_group_wait
+            while len(group) < self.config.max_group_size:
+                try:
+                    item = inbox.get_nowait()
+                except asyncio.QueueEmpty:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        item = await asyncio.wait_for(inbox.get(), remaining)
+                    except TimeoutError:
+                        break
+                if item is None:
+                    stopping = True
+                    break
+                group.append(item)
+            try:
+                await self._apply(group)
+            except Exception:
+                # _apply answers every caller itself; anything reaching here is a bug, not a reason to stop.
+                log.exception("engine group failed")
+
+    async def _apply(self, pending: list[_Pending]) -> None:
+        now_us = time.time_ns() // 1000
+        group = _Group(GroupWrite(now_us))
+        results: list[Result | ApiError] = []
+        try:
+            async with self._database.transaction() as connection:
+                await self._preload(connection, pending, group)
+                for item in pending:
+                    try:
+                        results.append(self._apply_one(item.command, group))
+                    except ApiError as error:
+                        results.append(error)
+                await write_group(connection, group.write)
+        except BaseException as error:
+            self._undo(group)
+            for item in pending:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            if not isinstance(error, Exception):
+                raise
+            log.error("group of %d commands not committed: %s", len(pending), error)
+            return
+        for payment in group.removals:
+            self.queues[payment.token].remove(payment.payment_id)
+        for payment in group.pushes:
+            if payment.status is PaymentStatus.QUEUED:
+                token = self.tokens.get(payment.token)
+                self.queues[payment.token].push(
+                    payment.payment_id, payment.priority, payment.create_time_us / 1e6, payment.amount, token.decimals
+                )
+        for item, result in zip(pending, results, strict=True):
+            if item.future.done():  # the caller went away (cancelled); the command stands
+                continue
+            if isinstance(result, ApiError):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(result)
+
+    async def _preload(self, connection: Any, pending: list[_Pending], group: _Group) -> None:
+        idempotency_keys: list[tuple[str, str]] = []
+        payment_ids: set[str] = set()
+        for item in pending:
+            command = item.command
+            if isinstance(command, SubmitPayment) and command.request_id:
+                idempotency_keys.append((_payment_scope(command.payer), command.request_id))
+            elif isinstance(command, CreditDeposit):
+                idempotency_keys.append(_deposit_key(command))
+            elif isinstance(command, CancelPayment | CompletePayment | FailPayment):
+                payment_ids.add(command.payment_id)
+        group.idempotency = await load_idempotency(connection, idempotency_keys)
+        payment_ids.update(
+            record.resource.removeprefix("payments/")
+            for record in group.idempotency.values()
+            if record.resource.startswith("payments/")
+        )
+        group.payments = await load_payments(connection, payment_ids)
+        keys: set[AccountKey] = set()
+        for item in pending:
+            command = item.command
+            if isinstance(command, SubmitPayment):
+                keys.add((command.payer, command.token.symbol))
+            elif isinstance(command, CreditDeposit):
+                keys.add((command.beneficiary, command.token.symbol))
+        keys.update((p.payer, p.token) for p in group.payments.values())
+        missing = [key for key in keys if key not in self._balances]
+        self._balances.update(await load_accounts(connection, missing))
+
+    def _undo(self, group: _Group) -> None:
+        for key, before in group.balance_undo.items():
+            if before is None:
+                self._balances.pop(key, None)
+            else:
+                self._balances[key] = before
+        for payer, token, day, amount in reversed(group.volume_undo):
+            self._volume.add(payer, token, day, -amount)
+
+    def _balance(self, group: _Group, address: str, token: str) -> Balance:
+        """The account's balance, to change: saved for undo and written with the group."""
+        key = (address, token)
+        balance = self._balances.get(key)
+        if key not in group.balance_undo:
+            group.balance_undo[key] = dataclasses.replace(balance) if balance is not None else None
+        if balance is None:
+            balance = self._balances[key] = Balance()
+        group.write.accounts[key] = balance
+        return balance
+
+    def _add_volume(self, group: _Group, payer: str, token: str, day: int, amount: int) -> None:
+        value = self._volume.add(payer, token, day, amount)
+        group.volume_undo.append((payer, token, day, amount))
+        group.write.volumes[(payer, token, day)] = value
+
+    def _apply_one(self, command: Command, group: _Group) -> Result:
+        if isinstance(command, SubmitPayment):
+            return self._submit_payment(command, group)
+        if isinstance(command, CancelPayment):
+            return self._cancel_payment(command, group)
+        if isinstance(command, CreditDeposit):
+            return self._credit_deposit(command, group)
+        if isinstance(command, CompletePayment):
+            return self._complete_payment(command, group)
+        return self._fail_payment(command, group)
+
+    # -- the commands -------------------------------------------------------------------------------
+
+    def _submit_payment(self, command: SubmitPayment, group: _Group) -> Payment:
+        write = group.write
+        now_us = write.time_us
+        request_hash = ""
+        if command.request_id:
+            key = (_payment_scope(command.payer), command.request_id)
+            request_hash = command.request_hash()
+            record = group.idempotency.get(key)
+            if record is not None:
+                if record.request_hash != request_hash:
+                    raise ApiError(
+                        Reason.IDEMPOTENCY_CONFLICT,
+                        f"request_id {command.request_id!r} was already used for a different payment",
+                        metadata={"request_id": command.request_id, "resource": record.resource},
+                    )
+                return group.payments[record.resource.removeprefix("payments/")]
+        token = command.token
+        symbol = token.symbol
+        queued = group.queued[symbol]
+        depth = len(self.queues[symbol]) + queued
+        if depth >= self.config.max_queue_size:
+            raise ApiError(
+                Reason.QUEUE_FULL,
+                f"the {symbol} settlement queue holds its maximum of {self.config.max_queue_size} payments",
+                metadata={"token": symbol, "max_queue_size": str(self.config.max_queue_size)},
+                retry_delay=self.config.queue_full_retry,
+            )
+        fee = self.quote(command.payer, token, command.amount, command.batch_size, queued)
+        debit = command.amount + fee.total
+        current = self._balances.get((command.payer, symbol))
+        available = current.available if current is not None else 0
+        if available < debit:
+            raise ApiError(
+                Reason.INSUFFICIENT_BALANCE,
+                f"{command.payer} has {available} {symbol} base units available; the payment needs {debit} "
+                f"(amount {command.amount} + fee {fee.total})",
+                metadata={"available": str(available), "required": str(debit), "fee": str(fee.total)},
+            )
+        balance = self._balance(group, command.payer, symbol)
+        balance.available -= debit
+        balance.reserved += debit
+        payment = Payment(
+            payment_id=f"{now_us:014x}{secrets.token_hex(4)}",
+            payer=command.payer,
+            payee=command.payee,
+            token=symbol,
+            amount=command.amount,
+            fee=fee,
+            priority=command.priority,
+            status=PaymentStatus.QUEUED,
+            task_id=command.task_id,
+            memo=command.memo,
+            metadata=dict(command.metadata),
+            request_id=command.request_id,
+            create_time_us=now_us,
+            update_time_us=now_us,
+        )
+        name = payment.name
+        write.new_payments.append(payment)
+        write.transfer(
+            TransferKind.PAYMENT_RESERVE,
+            symbol,
+            (command.payer, Bucket.AVAILABLE),
+            (command.payer, Bucket.RESERVED),
+            debit,
+            name,
+        )
+        payload = payment_message(payment).SerializeToString()
+        addresses = (payment.payer, payment.payee)
+        write.event("payment.created", name, addresses, payment.task_id, payload)
+        write.event("payment.queued", name, addresses, payment.task_id, payload)
+        if command.request_id:
+            key = (_payment_scope(command.payer), command.request_id)
+            group.idempotency[key] = IdempotencyRecord(request_hash, name, now_us)
+            group.payments[payment.payment_id] = payment
+            write.idempotency.append(
+                {
+                    "scope": key[0],
+                    "request_id": key[1],
+                    "request_hash": request_hash,
+                    "resource": name,
+                    "create_time_us": now_us,
+                }
+            )
+        self._add_volume(group, command.payer, symbol, day_of(now_us), command.amount)
+        group.queued[symbol] += 1
+        group.pushes.append(payment)
+        group.pushed_ids.add(payment.payment_id)
+        return payment
+
+    def _find_payment(self, group: _Group, payment_id: str) -> Payment:
+        payment = group.payments.get(payment_id)
+        if payment is None:
+            raise ApiError(
+                Reason.PAYMENT_NOT_FOUND,
+                f"no payment payments/{payment_id}",
+                metadata={"name": f"payments/{payment_id}"},
+            )
+        return payment
+
+    def _in_queue(self, group: _Group, payment: Payment) -> bool:
+        return payment.payment_id in self.queues[payment.token] or payment.payment_id in group.pushed_ids
+
+    def _cancel_payment(self, command: CancelPayment, group: _Group) -> Payment:
+        payment = group.payments.get(command.payment_id)
+        if payment is None or (
+            command.sees is not None and payment.payer not in command.sees and payment.payee not in command.sees
+        ):
+            raise ApiError(
+                Reason.PAYMENT_NOT_FOUND,
+                f"no payment payments/{command.payment_id}",
+                metadata={"name": f"payments/{command.payment_id}"},
+            )
+        if command.acts_for is not None and payment.payer not in command.acts_for:
+            raise ApiError(
+                Reason.ADDRESS_NOT_ALLOWED,
+                f"only the payer {payment.payer} may cancel {payment.name}",
+                metadata={"field": "name", "address": payment.payer},
+            )
+        if payment.status is not PaymentStatus.QUEUED or not self._in_queue(group, payment):
+            raise ApiError(
+                Reason.PAYMENT_NOT_CANCELLABLE,
+                f"{payment.name} is {payment.status.name.lower()}; only a queued payment can be cancelled",
+                metadata={"name": payment.name, "status": f"PAYMENT_STATUS_{payment.status.name}"},
+            )
+        self._release(group, payment, PaymentStatus.CANCELLED, command.reason, "payment.cancelled")
+        return payment
+
+    def _release(self, group: _Group, payment: Payment, status: PaymentStatus, reason: str, event: str) -> None:
+        """Give a payment's reservation back to its payer and end it with ``status``."""
+        write = group.write
+        debit = payment.debit
+        balance = self._balance(group, payment.payer, payment.token)
+        balance.reserved -= debit
+        balance.available += debit
+        write.transfer(
+            TransferKind.PAYMENT_RELEASE,
+            payment.token,
+            (payment.payer, Bucket.RESERVED),
+            (payment.payer, Bucket.AVAILABLE),
+            debit,
+            payment.name,
+        )
+        # Money that never moved is not volume.
+        day = day_of(payment.create_time_us)
+        if day > day_of(write.time_us) - WINDOW_DAYS:
+            self._add_volume(group, payment.payer, payment.token, day, -payment.amount)
+        self._finish(group, payment, status, reason, event)
+
+    def _finish(self, group: _Group, payment: Payment, status: PaymentStatus, reason: str, event: str) -> None:
+        write = group.write
+        payment.status = status
+        payment.update_time_us = write.time_us
+        payment.failure_reason = reason
+        write.changed_payments[payment.payment_id] = payment
+        write.event(
+            event,
+            payment.name,
+            (payment.payer, payment.payee),
+            payment.task_id,
+            payment_message(payment).SerializeToString(),
+        )
+        if payment.payment_id in self.queues[payment.token]:
+            group.removals.append(payment)
+        if payment.payment_id in group.pushed_ids:
+            group.queued[payment.token] -= 1
+
+    def _complete_payment(self, command: CompletePayment, group: _Group) -> Payment:
+        payment = self._find_payment(group, command.payment_id)
+        if payment.status not in (PaymentStatus.QUEUED, PaymentStatus.PROCESSING):
+            raise ApiError(
+                Reason.PAYMENT_NOT_CANCELLABLE,
+                f"{payment.name} is already {payment.status.name.lower()}",
+                metadata={"name": payment.name, "status": f"PAYMENT_STATUS_{payment.status.name}"},
+            )
+        write = group.write
+        balance = self._balance(group, payment.payer, payment.token)
+        balance.reserved -= payment.debit
+        reserved = (payment.payer, Bucket.RESERVED)
+        write.transfer(
+            TransferKind.PAYMENT_SETTLE,
+            payment.token,
+            reserved,
+            (CHAIN, Bucket.AVAILABLE),
+            payment.amount,
+            payment.name,
+        )
+        if payment.fee.total:
+            write.transfer(
+                TransferKind.FEE, payment.token, reserved, (CHAIN, Bucket.AVAILABLE), payment.fee.total, payment.name
+            )
+        payment.batch_id = command.batch_id
+        payment.settlement = Settlement(
+            batch_id=command.batch_id,
+            transaction_hash=command.transaction_hash,
+            block_number=command.block_number,
+            gas_used=command.gas_used,
+            gas_cost_wei=command.gas_cost_wei,
+            complete_time_us=write.time_us,
+        )
+        self._finish(group, payment, PaymentStatus.COMPLETED, "", "payment.completed")
+        return payment
+
+    def _fail_payment(self, command: FailPayment, group: _Group) -> Payment:
+        payment = self._find_payment(group, command.payment_id)
+        if payment.status not in (PaymentStatus.QUEUED, PaymentStatus.PROCESSING):
+            raise ApiError(
+                Reason.PAYMENT_NOT_CANCELLABLE,
+                f"{payment.name} is already {payment.status.name.lower()}",
+                metadata={"name": payment.name, "status": f"PAYMENT_STATUS_{payment.status.name}"},
+            )
+        self._release(group, payment, PaymentStatus.FAILED, command.reason, "payment.failed")
+        return payment
+
+    def _credit_deposit(self, command: CreditDeposit, group: _Group) -> Deposit:
+        write = group.write
+        key = _deposit_key(command)
+        record = group.idempotency.get(key)
+        deposit = Deposit(
+            beneficiary=command.beneficiary,
+            depositor=command.depositor,
+            token=command.token.symbol,
+            amount=command.amount,
+            transaction_hash=command.transaction_hash,
+            log_index=command.log_index,
+            block_number=command.block_number,
+            confirm_time_us=record.create_time_us if record is not None else write.time_us,
+        )
+        if record is not None:  # this log was credited already: once only
+            return deposit
+        balance = self._balance(group, command.beneficiary, command.token.symbol)
+        balance.available += command.amount
+        write.transfer(
+            TransferKind.DEPOSIT,
+            command.token.symbol,
+            (CHAIN, Bucket.AVAILABLE),
+            (command.beneficiary, Bucket.AVAILABLE),
+            command.amount,
+            deposit.name,
+        )
+        write.event(
+            "deposit.confirmed",
+            deposit.name,
+            (command.beneficiary, command.depositor),
+            "",
+            deposit_message(deposit).SerializeToString(),
+        )
+        group.idempotency[key] = IdempotencyRecord("", deposit.name, write.time_us)
+        write.idempotency.append(
+            {
+                "scope": key[0],
+                "request_id": key[1],
+                "request_hash": "",
+                "resource": deposit.name,
+                "create_time_us": write.time_us,
+            }
+        )
+        return deposit
+
+
+def _payment_scope(payer: str) -> str:
+    # Request ids are the payer's own: two agents may pick the same one without colliding.
+    return f"payment:{payer}"
+
+
+def _deposit_key(command: CreditDeposit) -> tuple[str, str]:
+    return ("deposit", f"{command.transaction_hash}:{command.log_index}")

@@ -1,0 +1,84 @@
+"""The v1 message form of the ledger's objects: what the API answers and what the event log stores."""
+
+from __future__ import annotations
+
+from google.protobuf import timestamp_pb2
+
+from agentflow_payments.v1 import accounts_pb2, common_pb2, payments_pb2
+
+from .engine.fees import Fee
+from .engine.model import Deposit, Payment
+
+
+def timestamp(time_us: int) -> timestamp_pb2.Timestamp:
+    """A Timestamp from integer microseconds since the epoch."""
+    result = timestamp_pb2.Timestamp()
+    result.FromMicroseconds(time_us)
+    return result
+
+
+def fee_message(fee: Fee, token: str) -> common_pb2.FeeBreakdown:
+    """A fee as the API shows it."""
+    return common_pb2.FeeBreakdown(
+        total=str(fee.total),
+        platform=str(fee.platform),
+        network=str(fee.network),
+        agent=str(fee.agent),
+        staking=str(fee.staking),
+        base=str(fee.base),
+        rate_bps=fee.rate_bps,
+        congestion_adjustment_bps=fee.congestion_adjustment_bps,
+        volume_discount_bps=fee.volume_discount_bps,
+        batch_discount_bps=fee.batch_discount_bps,
+        token=token,
+    )
+
+
+def payment_message(payment: Payment) -> payments_pb2.Payment:
+    """A payment as the API shows it."""
+    message = payments_pb2.Payment(
+        name=payment.name,
+        payer=payment.payer,
+        payee=payment.payee,
+        token=payment.token,
+        amount=str(payment.amount),
+        fee=fee_message(payment.fee, payment.token),
+        priority=int(payment.priority),  # type: ignore[arg-type]
+        status=int(payment.status),  # type: ignore[arg-type]
+        task_id=payment.task_id,
+        memo=payment.memo,
+        metadata=payment.metadata,
+        request_id=payment.request_id,
+        create_time=timestamp(payment.create_time_us),
+        update_time=timestamp(payment.update_time_us),
+        failure_reason=payment.failure_reason,
+        escrow=f"escrows/{payment.escrow_id}" if payment.escrow_id else "",
+    )
+    settlement = payment.settlement
+    if settlement is not None:
+        message.settlement.CopyFrom(
+            payments_pb2.PaymentSettlement(
+                batch=f"batches/{settlement.batch_id}",
+                transaction_hash=settlement.transaction_hash,
+                block_number=settlement.block_number,
+                gas_used=str(settlement.gas_used),
+                gas_cost_wei=str(settlement.gas_cost_wei),
+                complete_time=timestamp(settlement.complete_time_us),
+            )
+        )
+    return message
+
+
+def deposit_message(deposit: Deposit) -> accounts_pb2.Deposit:
+    """A credited deposit as the API shows it."""
+    return accounts_pb2.Deposit(
+        name=deposit.name,
+        beneficiary=deposit.beneficiary,
+        depositor=deposit.depositor,
+        token=deposit.token,
+        amount=str(deposit.amount),
+        transaction_hash=deposit.transaction_hash,
+        log_index=deposit.log_index,
+        block_number=deposit.block_number,
+        confirm_time=timestamp(deposit.confirm_time_us),
+    )
