@@ -42,6 +42,9 @@ def make_settings(data_dir: Path, **overrides: object) -> Settings:
         "admin_api_key": ADMIN_KEY,
         "metrics_listen": "",  # the metrics tests turn it on
         "shutdown_grace": 2.0,
+        # Tests of rate limits create keys with their own; the rest must not trip over the default.
+        "rate_limit_per_minute": 60_000,
+        "rate_limit_burst": 10_000,
         **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]

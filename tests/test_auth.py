@@ -7,14 +7,14 @@ import pytest
 
 from agentflow_payments import (
     AsyncClient,
+    InsufficientBalance,
     InvalidArgument,
     NotFound,
     PermissionDenied,
     Reason,
     Unauthenticated,
-    Unimplemented,
 )
-from agentflow_payments.v1 import admin_pb2, payments_pb2
+from agentflow_payments.v1 import accounts_pb2, admin_pb2, payments_pb2
 
 from .conftest import ADMIN_KEY, ALICE, BOB, CreateKey, RunningServer, StartServer
 
@@ -56,9 +56,8 @@ async def test_read_only_key_calling_a_write_is_permission_denied(server: Runnin
         with pytest.raises(PermissionDenied) as admin_call:
             await client.admin.ListApiKeys(admin_pb2.ListApiKeysRequest())
         assert admin_call.value.reason is Reason.SCOPE_DENIED
-        # A read passes authorisation and reaches the (not yet served) method.
-        with pytest.raises(Unimplemented):
-            await client.payments.GetPayment(payments_pb2.GetPaymentRequest(name="payments/x"))
+        # A read passes.
+        await client.accounts.ListTokens(accounts_pb2.ListTokensRequest())
 
 
 async def test_payer_key_works_until_revoked(server: RunningServer, admin: AsyncClient, create_key: CreateKey) -> None:
@@ -67,12 +66,9 @@ async def test_payer_key_works_until_revoked(server: RunningServer, admin: Async
     assert created.api_key.key_prefix == created.secret[:12]
     assert list(created.api_key.addresses) == [ALICE]  # stored checksummed
     async with server.client(created.secret) as payer:
-        # Authenticated and authorised: the call reaches PaymentService, which answers that the
-        # method arrives with the ledger issue (never a fake success).
-        with pytest.raises(Unimplemented) as reached:
+        # Authenticated and authorised: the payment reaches the ledger (which finds no funds yet).
+        with pytest.raises(InsufficientBalance):
             await payer.payments.SubmitPayment(WRITE)
-        assert reached.value.reason is Reason.NOT_IMPLEMENTED
-        assert reached.value.metadata == {"method": "PaymentService.SubmitPayment"}
 
         revoked = await admin.admin.RevokeApiKey(admin_pb2.RevokeApiKeyRequest(name=created.api_key.name))
         assert revoked.api_key.HasField("revoke_time")
@@ -205,11 +201,10 @@ async def test_expired_key_is_unauthenticated(server: RunningServer, admin: Asyn
         admin_pb2.CreateApiKeyRequest(scope=admin_pb2.API_KEY_SCOPE_READ_ONLY, expire_time=soon)
     )
     async with server.client(created.secret) as client:
-        with pytest.raises(Unimplemented):
-            await client.payments.GetPayment(payments_pb2.GetPaymentRequest(name="payments/x"))
+        await client.accounts.ListTokens(accounts_pb2.ListTokensRequest())
         await _sleep_until(soon.ToNanoseconds())
         with pytest.raises(Unauthenticated) as caught:
-            await client.payments.GetPayment(payments_pb2.GetPaymentRequest(name="payments/x"))
+            await client.accounts.ListTokens(accounts_pb2.ListTokensRequest())
     assert caught.value.reason is Reason.API_KEY_EXPIRED
 
 

@@ -14,12 +14,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from agentflow_payments import ERROR_DOMAIN, AgentflowError, AsyncClient, NotFound, RateLimited, Reason, Unimplemented
-from agentflow_payments.v1 import admin_pb2, admin_pb2_grpc, events_pb2, payments_pb2
+from agentflow_payments.v1 import accounts_pb2, admin_pb2, admin_pb2_grpc, events_pb2, payments_pb2
 from agentflow_server.app import SERVICE_NAMES, StartupError
 
 from .conftest import ALICE, BOB, CreateKey, RunningServer, StartServer
 
-GET = payments_pb2.GetPaymentRequest(name="payments/x")
+READ = accounts_pb2.ListTokensRequest()
 
 
 def _item() -> payments_pb2.SubmitPaymentRequest:
@@ -62,10 +62,9 @@ async def test_rate_limit_answers_resource_exhausted_with_retry_info(
     key = await create_key(admin_pb2.API_KEY_SCOPE_READ_ONLY, rate_limit=(60, 3))
     async with server.client(key.secret) as client:
         for _ in range(3):
-            with pytest.raises(Unimplemented):
-                await client.payments.GetPayment(GET)
+            await client.accounts.ListTokens(READ)
         with pytest.raises(RateLimited) as caught:
-            await client.payments.GetPayment(GET)
+            await client.accounts.ListTokens(READ)
     error = caught.value
     assert error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error.reason is Reason.RATE_LIMIT_EXCEEDED
@@ -81,11 +80,11 @@ async def test_bulk_call_counts_by_its_size(server: RunningServer, create_key: C
     async with server.client(key.secret) as client:
         bulk = payments_pb2.SubmitPaymentsRequest(requests=[_item() for _ in range(5)])
         # A bulk larger than the burst goes through on a full bucket and leaves it 2 in debt...
-        with pytest.raises(Unimplemented):
-            await client.payments.SubmitPayments(bulk)
+        response = await client.payments.SubmitPayments(bulk)
+        assert [r.error.reason for r in response.results] == ["INSUFFICIENT_BALANCE"] * 5
         # ...so the next single call waits for 3 tokens at one a second.
         with pytest.raises(RateLimited) as caught:
-            await client.payments.GetPayment(GET)
+            await client.accounts.ListTokens(READ)
     assert caught.value.retry_delay is not None
     assert caught.value.retry_delay > datetime.timedelta(seconds=2)
 
@@ -94,12 +93,10 @@ async def test_keys_have_separate_buckets(server: RunningServer, create_key: Cre
     slow = await create_key(admin_pb2.API_KEY_SCOPE_READ_ONLY, rate_limit=(1, 1))
     other = await create_key(admin_pb2.API_KEY_SCOPE_READ_ONLY, rate_limit=(1, 1))
     async with server.client(slow.secret) as first, server.client(other.secret) as second:
-        with pytest.raises(Unimplemented):
-            await first.payments.GetPayment(GET)
+        await first.accounts.ListTokens(READ)
         with pytest.raises(RateLimited):
-            await first.payments.GetPayment(GET)
-        with pytest.raises(Unimplemented):
-            await second.payments.GetPayment(GET)
+            await first.accounts.ListTokens(READ)
+        await second.accounts.ListTokens(READ)
 
 
 async def test_errors_are_rich_statuses_on_the_wire(server: RunningServer) -> None:
@@ -131,7 +128,7 @@ async def test_methods_of_later_issues_answer_unimplemented_with_a_reason(server
         calls = [
             client.payments.GetBatch(payments_pb2.GetBatchRequest()),
             client.escrows.CreateEscrow(escrow_pb2.CreateEscrowRequest()),
-            client.accounts.GetBalances(accounts_pb2.GetBalancesRequest()),
+            client.accounts.Withdraw(accounts_pb2.WithdrawRequest()),
             client.admin.GetMetrics(admin_pb2.GetMetricsRequest()),
         ]
         for call in calls:
@@ -157,11 +154,10 @@ async def test_a_second_server_on_the_same_port_fails_loudly(
 async def test_metrics_endpoint_serves_prometheus_text(start_server: StartServer) -> None:
     server = await start_server(metrics_listen="127.0.0.1:0")
     async with server.client() as client:
-        with pytest.raises(Unimplemented):
-            await client.payments.GetPayment(GET)
+        await client.accounts.ListTokens(READ)
     async with server.client(api_key=None) as anonymous:
         with pytest.raises(AgentflowError):
-            await anonymous.payments.GetPayment(GET)
+            await anonymous.accounts.ListTokens(READ)
         # A handler that ends the call itself (the health service's abort) is counted by its own code.
         with pytest.raises(NotFound):
             await health_pb2_grpc.HealthStub(anonymous.channel).Check(health_pb2.HealthCheckRequest(service="nope"))
@@ -170,10 +166,10 @@ async def test_metrics_endpoint_serves_prometheus_text(start_server: StartServer
                 pass
     url = f"http://127.0.0.1:{server.service.endpoints.metrics_port}/metrics"
     body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
-    method = "/agentflow.payments.v1.PaymentService/GetPayment"
-    assert f'agentflow_rpc_requests_total{{code="UNIMPLEMENTED",method="{method}"}} 1.0' in body
+    method = "/agentflow.payments.v1.AccountService/ListTokens"
+    assert f'agentflow_rpc_requests_total{{code="OK",method="{method}"}} 1.0' in body
     assert f'agentflow_rpc_requests_total{{code="UNAUTHENTICATED",method="{method}"}} 1.0' in body
-    assert 'agentflow_auth_failures_total{reason="API_KEY_MISSING"} 2.0' in body  # GetPayment, SubscribeEvents
+    assert 'agentflow_auth_failures_total{reason="API_KEY_MISSING"} 2.0' in body  # ListTokens, SubscribeEvents
     assert "agentflow_api_keys_active 1.0" in body
     assert f'agentflow_rpc_duration_seconds_count{{method="{method}"}}' in body
     assert 'agentflow_rpc_requests_total{code="NOT_FOUND",method="/grpc.health.v1.Health/Check"} 1.0' in body

@@ -37,9 +37,14 @@ from .api.payments import PaymentServicer
 from .api.webhooks import WebhookServicer
 from .auth import ApiKeyRegistry, RateLimiter
 from .config import Settings
+from .engine.engine import Engine, EngineConfig
+from .engine.fees import FeeSchedule
 from .ledger import Database
+from .ledger.accounts import AccountReader
 from .ledger.api_keys import ApiKeyStore
+from .ledger.payments import PaymentReader
 from .metrics import Metrics
+from .tokens import TokenRegistry
 
 log = logging.getLogger("agentflow.server")
 
@@ -87,6 +92,7 @@ class Service:
         self,
         settings: Settings,
         database: Database,
+        engine: Engine,
         server: grpc.aio.Server,
         health_servicer: Any,
         metrics: Metrics,
@@ -95,6 +101,7 @@ class Service:
     ) -> None:
         self.settings = settings
         self.database = database
+        self.engine = engine
         self.server = server
         self.health = health_servicer
         self.metrics = metrics
@@ -104,11 +111,26 @@ class Service:
 
     @classmethod
     async def start(cls, settings: Settings) -> Service:
-        """Open the ledger, load the keys, bind the ports and start serving."""
+        """Open the ledger, load the keys, start the engine, bind the ports and start serving."""
+        try:
+            tokens = TokenRegistry.configure(settings.token_addresses, settings.min_fees)
+            fee_schedule = FeeSchedule(rate_bps=settings.fee_rate_bps)
+        except ValueError as error:
+            raise StartupError(f"invalid token or fee configuration: {error}") from error
         try:
             database = await Database.open(settings.ledger_url)
         except Exception as error:
             raise StartupError(f"cannot open the ledger at {settings.ledger_url}: {error}") from error
+        engine = Engine(
+            database,
+            tokens,
+            EngineConfig(
+                max_group_size=settings.group_max_size,
+                max_group_wait=settings.group_max_wait_ms / 1000,
+                max_queue_size=settings.max_queue_size,
+                fee_schedule=fee_schedule,
+            ),
+        )
         metrics = Metrics()
         limiter = RateLimiter()
         registry = ApiKeyRegistry(ApiKeyStore(database), limiter)
@@ -121,11 +143,15 @@ class Service:
             interceptors=[ErrorInterceptor(metrics), AuthInterceptor(registry, limiter, metrics)],
             options=_SERVER_OPTIONS,
         )
-        payments_pb2_grpc.add_PaymentServiceServicer_to_server(PaymentServicer(), server)
+        payments_pb2_grpc.add_PaymentServiceServicer_to_server(
+            PaymentServicer(engine, PaymentReader(database), settings.max_bulk_size), server
+        )
         escrow_pb2_grpc.add_EscrowServiceServicer_to_server(EscrowServicer(), server)
         webhooks_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(), server)
         events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(), server)
-        accounts_pb2_grpc.add_AccountServiceServicer_to_server(AccountServicer(), server)
+        accounts_pb2_grpc.add_AccountServiceServicer_to_server(
+            AccountServicer(AccountReader(database), tokens, settings.chain_id), server
+        )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(registry, default_limit), server)
         health_servicer = AsyncHealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -148,6 +174,7 @@ class Service:
                 await database.close()
                 raise StartupError(f"cannot serve metrics on {settings.metrics_listen}: {error}") from error
             metrics_port = metrics_http.server_port
+        await engine.start()
         await server.start()
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -156,7 +183,7 @@ class Service:
             "serving",
             extra={"event": "server.started", "grpc_port": port, "metrics_port": metrics_port},
         )
-        return cls(settings, database, server, health_servicer, metrics, endpoints, metrics_http)
+        return cls(settings, database, engine, server, health_servicer, metrics, endpoints, metrics_http)
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful shutdown: report NOT_SERVING, refuse new calls, let in-flight ones finish within
@@ -166,6 +193,8 @@ class Service:
         self._stopped = True
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
+        # Calls in flight are answered; commands they handed over are committed before the ledger closes.
+        await self.engine.stop()
         if self._metrics_http is not None:
             # shutdown() waits for the serving thread's next poll (up to 0.5 s): not on the event loop.
             await asyncio.to_thread(self._metrics_http.shutdown)

@@ -44,6 +44,22 @@ class Settings(BaseSettings):
     )
     rate_limit_per_minute: int = Field(100, ge=1, description="default requests a minute per API key")
     rate_limit_burst: int = Field(20, ge=1, description="default burst (bucket size) per API key")
+    max_bulk_size: int = Field(500, ge=1, le=10_000, description="most items in one SubmitPayments call")
+    max_queue_size: int = Field(
+        10_000, ge=1, description="most payments waiting for settlement per token; beyond it QUEUE_FULL"
+    )
+    group_max_size: int = Field(1000, ge=1, le=100_000, description="most commands the engine commits at once")
+    group_max_wait_ms: float = Field(
+        0.5, ge=0, le=1000, description="how long a commit group waits for more commands after its first"
+    )
+    fee_rate_bps: int = Field(30, ge=0, le=10_000, description="the base fee rate in basis points (30 is 0.3%)")
+    min_fees: dict[str, int] = Field(
+        default_factory=dict, description='minimum fee per token in base units, e.g. {"ETH": 1000000000000000}'
+    )
+    token_addresses: dict[str, str] = Field(
+        default_factory=dict, description="ERC-20 contract address per token symbol on the configured chain"
+    )
+    chain_id: int = Field(31337, ge=1, description="the chain id the service settles on")
     shutdown_grace: float = Field(10.0, ge=0, description="seconds in-flight calls get to finish on SIGTERM")
     tls_cert_file: Path | None = Field(None, description="PEM certificate chain; enables TLS with tls_key_file")
     tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file")

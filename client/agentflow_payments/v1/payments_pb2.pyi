@@ -157,7 +157,9 @@ class Payment(_message.Message):
     request_id: _builtins.str
     """Output only. The idempotency key the payment was submitted with."""
     failure_reason: _builtins.str
-    """Output only. Why the payment failed; set only when status is FAILED."""
+    """Output only. Why the payment failed (status FAILED), or the reason given
+    when it was cancelled (status CANCELLED); empty otherwise.
+    """
     escrow: _builtins.str
     """Output only. The escrow this payment releases, "escrows/{escrow_id}", when
     the payment came from an escrow release.

@@ -12,9 +12,9 @@ from ..addresses import parse_address
 from ..auth import ApiKeyRegistry, Scope, current_principal
 from ..errors import invalid_fields
 from ..ledger.api_keys import ApiKeyRecord
+from ..wire import timestamp
 from . import pagination
 from .context import Context
-from .convert import timestamp
 from .unimplemented import not_served
 
 audit = logging.getLogger("agentflow.audit")

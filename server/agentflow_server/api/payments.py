@@ -1,51 +1,227 @@
-"""PaymentService: in the v1 contract; each method answers UNIMPLEMENTED until its feature lands."""
+"""PaymentService: validates each request, hands the engine a typed command, answers with the result.
+
+WatchPayment and GetBatch arrive with events and settlement and answer UNIMPLEMENTED until then.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 
-from agentflow_payments.v1 import payments_pb2, payments_pb2_grpc
+from agentflow_payments import Reason
+from agentflow_payments.v1 import common_pb2, payments_pb2, payments_pb2_grpc
 
+from ..auth import Principal, current_principal
+from ..engine.commands import CancelPayment, SubmitPayment
+from ..engine.engine import Engine
+from ..engine.model import Payment, PaymentStatus, Priority
+from ..errors import ApiError
+from ..ledger.payments import PaymentFilter, PaymentReader
+from ..wire import fee_message, payment_message
+from . import pagination
 from .context import Context
 from .unimplemented import not_served
+from .validation import MAX_MEMO, MAX_REASON, MAX_TASK_ID, Fields, resource_id
+
+_PAYMENT_ID = re.compile(r"[0-9a-f]{22}")
+_PRIORITIES = {int(p): p for p in Priority}
+
+
+def _sees(principal: Principal) -> frozenset[str] | None:
+    """The addresses whose payments the key may read; ``None`` for all."""
+    return None if principal.reads_everything else principal.addresses
+
+
+def _visible(principal: Principal, payment: Payment) -> bool:
+    sees = _sees(principal)
+    return sees is None or payment.payer in sees or payment.payee in sees
+
+
+def _not_found(name: str) -> ApiError:
+    return ApiError(Reason.PAYMENT_NOT_FOUND, f"no payment {name}", metadata={"name": name})
+
+
+def item_error(error: ApiError) -> common_pb2.ItemError:
+    """One bulk item's refusal, carrying what a Status would."""
+    return common_pb2.ItemError(
+        code=error.reason.code.value[0],
+        message=error.message,
+        reason=error.reason.value,
+        metadata=error.metadata,
+        field_violations=[
+            common_pb2.FieldViolation(field=v.field, description=v.description) for v in error.field_violations
+        ],
+    )
 
 
 class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
     """Serves PaymentService."""
 
+    def __init__(self, engine: Engine, reader: PaymentReader, max_bulk_size: int) -> None:
+        self._engine = engine
+        self._reader = reader
+        self._max_bulk_size = max_bulk_size
+
+    def _command(
+        self, request: payments_pb2.SubmitPaymentRequest, principal: Principal, prefix: str, batch_size: int
+    ) -> SubmitPayment:
+        """The command for a valid request, or the ApiError refusing it."""
+        fields = Fields(self._engine.tokens, prefix)
+        payer = fields.address("payer", request.payer)
+        payee = fields.address("payee", request.payee)
+        if payer and payer == payee:
+            fields.add("payee", "must differ from the payer")
+        token = fields.token("token", request.token)
+        amount = fields.amount("amount", request.amount)
+        priority = Priority.NORMAL
+        if request.priority:
+            if request.priority not in _PRIORITIES:
+                fields.add("priority", "must be PRIORITY_LOW, PRIORITY_NORMAL, PRIORITY_HIGH or PRIORITY_URGENT")
+            else:
+                priority = _PRIORITIES[request.priority]
+        task_id = fields.text("task_id", request.task_id, MAX_TASK_ID, single_line=True)
+        memo = fields.text("memo", request.memo, MAX_MEMO)
+        metadata = fields.metadata("metadata", request.metadata)
+        request_id = fields.request_id("request_id", request.request_id)
+        fields.check()
+        assert token is not None
+        principal.require_address(payer, prefix + "payer")
+        return SubmitPayment(
+            payer=payer,
+            payee=payee,
+            token=token,
+            amount=amount,
+            priority=priority,
+            task_id=task_id,
+            memo=memo,
+            metadata=metadata,
+            request_id=request_id,
+            batch_size=batch_size,
+        )
+
     async def SubmitPayment(
         self, request: payments_pb2.SubmitPaymentRequest, context: Context
     ) -> payments_pb2.SubmitPaymentResponse:
-        raise not_served("PaymentService.SubmitPayment", "the ledger and batching engine")
+        command = self._command(request, current_principal(), "", 1)
+        payment = await self._engine.execute(command)
+        assert isinstance(payment, Payment)
+        return payments_pb2.SubmitPaymentResponse(payment=payment_message(payment))
 
     async def SubmitPayments(
         self, request: payments_pb2.SubmitPaymentsRequest, context: Context
     ) -> payments_pb2.SubmitPaymentsResponse:
-        raise not_served("PaymentService.SubmitPayments", "the ledger and batching engine")
+        count = len(request.requests)
+        if not 1 <= count <= self._max_bulk_size:
+            fields = Fields(self._engine.tokens)
+            fields.add("requests", f"must hold 1 to {self._max_bulk_size} payments, not {count}")
+            fields.check()
+        principal = current_principal()
+        results: list[payments_pb2.SubmitPaymentResult] = [
+            payments_pb2.SubmitPaymentResult(index=i) for i in range(count)
+        ]
+        commands: list[SubmitPayment] = []
+        positions: list[int] = []
+        for index, item in enumerate(request.requests):
+            try:
+                commands.append(self._command(item, principal, f"requests[{index}].", count))
+                positions.append(index)
+            except ApiError as error:
+                results[index].error.CopyFrom(item_error(error))
+        if commands:
+            for index, outcome in zip(positions, await self._engine.execute_many(commands), strict=True):
+                if isinstance(outcome, ApiError):
+                    results[index].error.CopyFrom(item_error(outcome))
+                else:
+                    assert isinstance(outcome, Payment)
+                    results[index].payment.CopyFrom(payment_message(outcome))
+        return payments_pb2.SubmitPaymentsResponse(results=results)
 
     async def GetPayment(
         self, request: payments_pb2.GetPaymentRequest, context: Context
     ) -> payments_pb2.GetPaymentResponse:
-        raise not_served("PaymentService.GetPayment", "the ledger and batching engine")
+        fields = Fields(self._engine.tokens)
+        payment_id = resource_id(fields, "name", request.name, "payments", _PAYMENT_ID)
+        fields.check()
+        payment = await self._reader.get(payment_id)
+        if payment is None or not _visible(current_principal(), payment):
+            raise _not_found(request.name)
+        return payments_pb2.GetPaymentResponse(payment=payment_message(payment))
 
     async def ListPayments(
         self, request: payments_pb2.ListPaymentsRequest, context: Context
     ) -> payments_pb2.ListPaymentsResponse:
-        raise not_served("PaymentService.ListPayments", "the ledger and batching engine")
+        fields = Fields(self._engine.tokens)
+        payer = fields.optional_address("payer", request.payer)
+        payee = fields.optional_address("payee", request.payee)
+        task_id = fields.text("task_id", request.task_id, MAX_TASK_ID) or None
+        listed = fields.token("token", request.token) if request.token else None
+        token = listed.symbol if listed is not None else None
+        status = None
+        if request.status:
+            if request.status not in {int(s) for s in PaymentStatus}:
+                fields.add("status", "is not a PaymentStatus")
+            else:
+                status = PaymentStatus(request.status)
+        fields.page_size(request.page_size)
+        cursor = pagination.decode_token(request.page_token, 1)
+        if cursor is not None and not (isinstance(cursor[0], str) and _PAYMENT_ID.fullmatch(cursor[0])):
+            fields.add("page_token", "is not a token this server issued")
+        fields.check()
+        size = pagination.page_size(request.page_size)
+        where = PaymentFilter(
+            payer=payer,
+            payee=payee,
+            task_id=task_id,
+            status=status,
+            token=token,
+            visible_to=_sees(current_principal()),
+        )
+        found = await self._reader.page(where, limit=size + 1, before=cursor[0] if cursor else None)
+        response = payments_pb2.ListPaymentsResponse(payments=[payment_message(p) for p in found[:size]])
+        if len(found) > size:
+            response.next_page_token = pagination.encode_token([found[size - 1].payment_id])
+        return response
 
     async def CancelPayment(
         self, request: payments_pb2.CancelPaymentRequest, context: Context
     ) -> payments_pb2.CancelPaymentResponse:
-        raise not_served("PaymentService.CancelPayment", "the ledger and batching engine")
+        fields = Fields(self._engine.tokens)
+        payment_id = resource_id(fields, "name", request.name, "payments", _PAYMENT_ID)
+        reason = fields.text("reason", request.reason, MAX_REASON)
+        fields.check()
+        principal = current_principal()
+        payment = await self._engine.execute(
+            CancelPayment(
+                payment_id=payment_id,
+                reason=reason,
+                acts_for=None if principal.is_admin else principal.addresses,
+                sees=_sees(principal),
+            )
+        )
+        assert isinstance(payment, Payment)
+        return payments_pb2.CancelPaymentResponse(payment=payment_message(payment))
 
     async def QuoteFee(self, request: payments_pb2.QuoteFeeRequest, context: Context) -> payments_pb2.QuoteFeeResponse:
-        raise not_served("PaymentService.QuoteFee", "the ledger and batching engine")
+        fields = Fields(self._engine.tokens)
+        payer = fields.address("payer", request.payer)
+        token = fields.token("token", request.token)
+        amount = fields.amount("amount", request.amount)
+        if request.priority and request.priority not in _PRIORITIES:
+            fields.add("priority", "must be PRIORITY_LOW, PRIORITY_NORMAL, PRIORITY_HIGH or PRIORITY_URGENT")
+        fields.check()
+        assert token is not None
+        principal = current_principal()
+        # The volume discount tells something of a payer's volume: only its own keys may ask.
+        if not principal.reads_everything:
+            principal.require_address(payer, "payer")
+        fee = self._engine.quote(payer, token, amount)
+        return payments_pb2.QuoteFeeResponse(fee=fee_message(fee, token.symbol))
 
     async def WatchPayment(
         self, request: payments_pb2.WatchPaymentRequest, context: Context
     ) -> AsyncIterator[payments_pb2.WatchPaymentResponse]:
         raise not_served("PaymentService.WatchPayment", "event streams")
-        yield  # unreachable: makes this the async generator a server stream needs
+        yield  # pragma: no cover - makes this an async generator, as the stub expects
 
     async def GetBatch(self, request: payments_pb2.GetBatchRequest, context: Context) -> payments_pb2.GetBatchResponse:
         raise not_served("PaymentService.GetBatch", "on-chain settlement")

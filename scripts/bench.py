@@ -1,0 +1,223 @@
+"""The benchmark: how fast the server accepts durable payments, against an empty RPC on the same server.
+
+Starts ``scripts/funded_server.py`` (the embedded default: SQLite with synchronous=FULL) in its own process,
+and from this process, as the client, measures in one run:
+
+- the empty RPC (grpc.health.v1 Check) at 64 in flight: the baseline;
+- unary SubmitPayment at 64 in flight;
+- SubmitPayments in calls of 100;
+- SubmitPayment latency (p50, p99) at an offered 1,000 payments a second;
+- the server's RSS with at least 100,000 payments in the queue.
+
+Both baseline and payments go through the same channel and client code, so the ratio says what the
+payment path costs on top of gRPC itself. Prints a table, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from agentflow_payments.v1 import payments_pb2, payments_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+ACCOUNTS = 64
+
+
+async def start_server(data_dir: str) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFLOW_")}
+    env.update(
+        AGENTFLOW_RATE_LIMIT_PER_MINUTE=str(10**12),
+        AGENTFLOW_RATE_LIMIT_BURST=str(10**9),
+        AGENTFLOW_MAX_QUEUE_SIZE=str(10**7),
+        AGENTFLOW_MAX_BULK_SIZE="1000",
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "scripts" / "funded_server.py"),
+        "--data-dir",
+        data_dir,
+        "--accounts",
+        str(ACCOUNTS),
+        "--amount",
+        str(10**24),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), 120)
+    if not line:
+        raise SystemExit("bench: the server did not start")
+    return process, json.loads(line)
+
+
+async def closed_loop(call: Callable[[int], Awaitable[Any]], in_flight: int, seconds: float) -> tuple[int, float]:
+    """``in_flight`` workers calling back to back for ``seconds``: (calls done, elapsed)."""
+    deadline = time.perf_counter() + seconds
+    done = 0
+
+    async def worker(worker_id: int) -> None:
+        nonlocal done
+        i = worker_id
+        while time.perf_counter() < deadline:
+            await call(i)
+            done += 1
+            i += in_flight
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(in_flight)))
+    return done, time.perf_counter() - started
+
+
+async def open_loop(call: Callable[[int], Awaitable[Any]], rate: float, seconds: float) -> list[float]:
+    """Calls started at a fixed ``rate`` a second whatever the answers do: each call's latency in ms."""
+    latencies: list[float] = []
+
+    async def one(i: int) -> None:
+        started = time.perf_counter()
+        await call(i)
+        latencies.append((time.perf_counter() - started) * 1000)
+
+    tasks = []
+    start = time.perf_counter()
+    total = int(rate * seconds)
+    for i in range(total):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    return latencies
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+async def run(quick: bool) -> dict[str, Any]:
+    seconds = 3.0 if quick else 10.0
+    latency_seconds = 3.0 if quick else 10.0
+    with tempfile.TemporaryDirectory(prefix="agentflow-bench-") as data_dir:
+        process, ready = await start_server(data_dir)
+        try:
+            return await measure(ready, seconds, latency_seconds)
+        finally:
+            process.terminate()
+            await process.wait()
+
+
+async def measure(ready: dict[str, Any], seconds: float, latency_seconds: float) -> dict[str, Any]:
+    accounts: list[str] = ready["accounts"]
+    metadata = (("authorization", f"Bearer {ready['admin_key']}"),)
+    async with grpc.aio.insecure_channel(ready["target"]) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        payments = payments_pb2_grpc.PaymentServiceStub(channel)
+        check = health_pb2.HealthCheckRequest()
+
+        def request(i: int) -> payments_pb2.SubmitPaymentRequest:
+            return payments_pb2.SubmitPaymentRequest(
+                payer=accounts[i % ACCOUNTS],
+                payee=accounts[(i + 1) % ACCOUNTS],
+                token="USDC",
+                amount="1000000",
+                request_id=uuid.uuid4().hex,
+            )
+
+        async def empty(_: int) -> None:
+            await health.Check(check, metadata=metadata)
+
+        async def submit(i: int) -> None:
+            await payments.SubmitPayment(request(i), metadata=metadata)
+
+        async def bulk(i: int) -> None:
+            response = await payments.SubmitPayments(
+                payments_pb2.SubmitPaymentsRequest(requests=[request(i * 100 + j) for j in range(100)]),
+                metadata=metadata,
+            )
+            failed = [r.error for r in response.results if r.WhichOneof("result") == "error"]
+            if failed:
+                raise RuntimeError(f"bulk items refused: {failed[0]}")
+
+        # Warm both paths (connections, caches, the first groups) before measuring.
+        await closed_loop(empty, 16, 0.5)
+        await closed_loop(submit, 16, 0.5)
+
+        empty_calls, empty_time = await closed_loop(empty, 64, seconds)
+        submit_calls, submit_time = await closed_loop(submit, 64, seconds)
+        bulk_calls, bulk_time = await closed_loop(bulk, 4, seconds)
+        latencies = await open_loop(submit, 1000.0, latency_seconds)
+
+        queued = 0.5 * 16 + submit_calls + bulk_calls * 100 + len(latencies)
+        while queued < 100_000:
+            await asyncio.gather(*(bulk(int(queued) + k) for k in range(4)))
+            queued += 400
+        rss = rss_mb(int(ready["pid"]))
+
+    empty_rps = empty_calls / empty_time
+    submit_rps = submit_calls / submit_time
+    return {
+        "empty_rps": round(empty_rps, 1),
+        "submit_rps": round(submit_rps, 1),
+        "submit_ratio": round(submit_rps / empty_rps, 3),
+        "bulk_payments_per_s": round(bulk_calls * 100 / bulk_time, 1),
+        "submit_p50_ms_at_1000": round(statistics.median(latencies), 2),
+        "submit_p99_ms_at_1000": round(percentile(latencies, 0.99), 2),
+        "rss_mb_100k_queued": round(rss, 1),
+        "queued_payments": int(queued),
+        "seconds_per_phase": seconds,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="3 s phases: the whole run in under a minute")
+    args = parser.parse_args()
+    result = asyncio.run(run(args.quick))
+    rows = [
+        ("empty RPC (Health/Check), 64 in flight", f"{result['empty_rps']:,.0f} calls/s", "baseline"),
+        (
+            "SubmitPayment, 64 in flight",
+            f"{result['submit_rps']:,.0f} payments/s",
+            f"{result['submit_ratio']:.0%} of baseline (target >= 75%)",
+        ),
+        ("SubmitPayments, calls of 100", f"{result['bulk_payments_per_s']:,.0f} payments/s", "target >= 20,000"),
+        ("SubmitPayment p50 at 1,000/s offered", f"{result['submit_p50_ms_at_1000']:.2f} ms", ""),
+        ("SubmitPayment p99 at 1,000/s offered", f"{result['submit_p99_ms_at_1000']:.2f} ms", "target < 10 ms"),
+        (
+            f"server RSS, {result['queued_payments']:,} payments queued",
+            f"{result['rss_mb_100k_queued']:.0f} MB",
+            "target < 300 MB",
+        ),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measure':<{width}}  {'result':>20}  note")
+    for name, value, note in rows:
+        print(f"{name:<{width}}  {value:>20}  {note}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

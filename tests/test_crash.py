@@ -1,0 +1,120 @@
+"""Durability: a server killed with SIGKILL mid-stream loses no acknowledged payment and half-writes none."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import sys
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+from agentflow_payments import AsyncClient, DeadlineExceeded, Unavailable
+from agentflow_payments.v1 import payments_pb2
+
+ROOT = Path(__file__).resolve().parent.parent
+ACCOUNTS = 4
+DEPOSIT = 10**15
+
+
+async def _start(data_dir: Path) -> tuple[asyncio.subprocess.Process, dict[str, object]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFLOW_")}
+    env.update(AGENTFLOW_RATE_LIMIT_PER_MINUTE="100000000", AGENTFLOW_RATE_LIMIT_BURST="1000000")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "scripts" / "funded_server.py"),
+        "--data-dir",
+        str(data_dir),
+        "--accounts",
+        str(ACCOUNTS),
+        "--amount",
+        str(DEPOSIT),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), 60)
+    assert line, "the server did not start"
+    return process, json.loads(line)
+
+
+async def test_sigkill_loses_no_acknowledged_payment_and_half_writes_none(tmp_path: Path) -> None:
+    process, ready = await _start(tmp_path)
+    accounts = list(ready["accounts"])  # type: ignore[call-overload]
+    acknowledged: dict[str, str] = {}  # request_id -> payment name
+    attempted: set[str] = set()
+    enough = asyncio.Event()
+
+    async def submit_forever(client: AsyncClient, worker: int) -> None:
+        i = 0
+        while True:
+            request_id = str(uuid.uuid4())
+            attempted.add(request_id)
+            payer, payee = accounts[worker % ACCOUNTS], accounts[(worker + 1) % ACCOUNTS]
+            try:
+                response = await client.payments.SubmitPayment(
+                    payments_pb2.SubmitPaymentRequest(
+                        payer=payer, payee=payee, token="USDC", amount=str(1000 + i), request_id=request_id
+                    )
+                )
+            except (Unavailable, DeadlineExceeded):
+                return  # the server is gone
+            acknowledged[request_id] = response.payment.name
+            if len(acknowledged) >= 300:
+                enough.set()
+            i += 1
+
+    try:
+        async with AsyncClient(str(ready["target"]), str(ready["admin_key"]), timeout=5) as client:
+            workers = [asyncio.create_task(submit_forever(client, w)) for w in range(8)]
+            waiting = asyncio.create_task(enough.wait())
+            await asyncio.wait([waiting, *workers], timeout=60, return_when=asyncio.FIRST_COMPLETED)
+            assert enough.is_set(), [w.exception() for w in workers if w.done()]
+            process.send_signal(signal.SIGKILL)
+            await asyncio.wait_for(asyncio.gather(*workers), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert len(acknowledged) >= 300
+
+    # Restart on the same data directory: every acknowledged payment is there, once.
+    process, ready = await _start(tmp_path)
+    try:
+        async with AsyncClient(str(ready["target"]), str(ready["admin_key"])) as client:
+            for request_id, name in acknowledged.items():
+                got = await client.payments.GetPayment(payments_pb2.GetPaymentRequest(name=name))
+                assert got.payment.request_id == request_id
+                assert got.payment.status == payments_pb2.PAYMENT_STATUS_QUEUED
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+
+    with sqlite3.connect(tmp_path / "agentflow.db") as db:
+        rows = db.execute("SELECT payment_id, request_id, payer, amount, fee_total FROM payments").fetchall()
+        by_request: dict[str, int] = defaultdict(int)
+        for _, request_id, _, _, _ in rows:
+            by_request[request_id] += 1
+        # Exactly once each, and nothing the client did not send.
+        assert all(count == 1 for count in by_request.values())
+        assert set(acknowledged) <= set(by_request) <= attempted
+        # Whole or absent: each payment has its reservation in the journal and its two events.
+        reserves = dict(
+            db.execute("SELECT reference, COUNT(*) FROM transfers WHERE kind = 2 GROUP BY reference").fetchall()
+        )
+        events = dict(db.execute("SELECT resource, COUNT(*) FROM events GROUP BY resource").fetchall())
+        for payment_id, *_ in rows:
+            assert reserves[f"payments/{payment_id}"] == 1
+            assert events[f"payments/{payment_id}"] == 2
+        assert len(reserves) == len(rows)
+        # The money adds up: balances hold every deposit, and each payer's reserved is its payments' debits.
+        balances = db.execute("SELECT address, available, reserved, escrowed FROM accounts").fetchall()
+        assert sum(int(a) + int(r) + int(e) for _, a, r, e in balances) == ACCOUNTS * DEPOSIT
+        debits: dict[str, int] = defaultdict(int)
+        for _, _, payer, amount, fee in rows:
+            debits[payer] += int(amount) + int(fee)
+        assert {address: int(reserved) for address, _, reserved, _ in balances if int(reserved)} == dict(debits)

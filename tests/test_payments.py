@@ -1,0 +1,380 @@
+"""PaymentService and AccountService against a real server and a real SQLite ledger."""
+
+from __future__ import annotations
+
+import datetime
+import secrets
+import sqlite3
+from collections.abc import Awaitable, Callable
+
+import grpc
+import pytest
+
+from agentflow_payments import (
+    AlreadyExists,
+    AsyncClient,
+    FailedPrecondition,
+    IdempotencyConflict,
+    InsufficientBalance,
+    InvalidArgument,
+    InvalidToken,
+    NotFound,
+    PermissionDenied,
+    QueueFull,
+    Reason,
+)
+from agentflow_payments.v1 import accounts_pb2, admin_pb2, common_pb2, payments_pb2
+from agentflow_server.engine.commands import CreditDeposit
+
+from .conftest import ALICE, BOB, CreateKey, RunningServer, StartServer
+
+CAROL = "0xdbF03B407c01E7cD3CBea99509d93f8DDDC8C6FB"
+USDC = 10**6
+
+Fund = Callable[..., Awaitable[None]]
+
+
+@pytest.fixture
+def fund(server: RunningServer) -> Fund:
+    """Credit a deposit through the engine, as the chain watcher will."""
+    return _funder(server)
+
+
+def _funder(server: RunningServer) -> Fund:
+    async def fund(address: str, amount: int, token: str = "USDC") -> None:
+        engine = server.service.engine
+        await engine.execute(
+            CreditDeposit(
+                beneficiary=address,
+                depositor=address,
+                token=engine.tokens.get(token),
+                amount=amount,
+                transaction_hash="0x" + secrets.token_hex(32),
+                log_index=0,
+                block_number=1,
+            )
+        )
+
+    return fund
+
+
+def pay(amount: int = 10 * USDC, **fields: object) -> payments_pb2.SubmitPaymentRequest:
+    values: dict[str, object] = {"payer": ALICE, "payee": BOB, "token": "USDC", "amount": str(amount), **fields}
+    return payments_pb2.SubmitPaymentRequest(**values)  # type: ignore[arg-type]
+
+
+async def balance(client: AsyncClient, address: str, token: str = "USDC") -> accounts_pb2.Balance:
+    response = await client.accounts.GetBalances(accounts_pb2.GetBalancesRequest(address=address, tokens=[token]))
+    return response.balances[0]
+
+
+async def test_a_payment_is_priced_reserved_and_queued(server: RunningServer, admin: AsyncClient, fund: Fund) -> None:
+    await fund(ALICE, 100 * USDC)
+    quote = await admin.payments.QuoteFee(payments_pb2.QuoteFeeRequest(payer=ALICE, token="USDC", amount="10000000"))
+    response = await admin.payments.SubmitPayment(pay(task_id="task-1", memo="thanks", metadata={"k": "v"}))
+    payment = response.payment
+    assert payment.status == payments_pb2.PAYMENT_STATUS_QUEUED
+    assert payment.name.startswith("payments/")
+    assert (payment.payer, payment.payee, payment.amount) == (ALICE, BOB, "10000000")
+    assert payment.priority == common_pb2.PRIORITY_NORMAL
+    # 0.3% of 10 USDC is 0.03 USDC, above the 0.01 USDC minimum; split 40/30/20/10.
+    fee = payment.fee
+    assert (fee.total, fee.platform, fee.network, fee.agent, fee.staking) == ("30000", "12000", "9000", "6000", "3000")
+    assert fee == quote.fee
+    held = await balance(admin, ALICE)
+    assert (held.available, held.reserved, held.total) == ("89970000", "10030000", "100000000")
+    assert (await balance(admin, BOB)).total == "0"
+    got = await admin.payments.GetPayment(payments_pb2.GetPaymentRequest(name=payment.name))
+    assert got.payment == payment
+    entries = await admin.accounts.ListLedgerEntries(accounts_pb2.ListLedgerEntriesRequest(address=ALICE))
+    assert [(e.kind, e.bucket, e.delta) for e in entries.entries] == [
+        (accounts_pb2.LEDGER_ENTRY_KIND_DEPOSIT, accounts_pb2.LEDGER_BUCKET_AVAILABLE, "100000000"),
+        (accounts_pb2.LEDGER_ENTRY_KIND_PAYMENT_RESERVE, accounts_pb2.LEDGER_BUCKET_AVAILABLE, "-10030000"),
+        (accounts_pb2.LEDGER_ENTRY_KIND_PAYMENT_RESERVE, accounts_pb2.LEDGER_BUCKET_RESERVED, "10030000"),
+    ]
+    assert entries.entries[1].reference == payment.name
+
+
+async def test_small_payments_pay_the_minimum_fee(admin: AsyncClient, fund: Fund) -> None:
+    await fund(ALICE, 10**18, token="ETH")
+    response = await admin.payments.SubmitPayment(pay(amount=10**15, token="ETH"))
+    # 0.3% of 0.001 ETH is 3e12 wei, below the 0.001 ETH minimum.
+    assert response.payment.fee.total == str(10**15)
+    assert response.payment.fee.base == str(10**15)
+
+
+def _events(server: RunningServer) -> list[tuple[int, str, str]]:
+    with sqlite3.connect(server.settings.data_dir / "agentflow.db") as db:
+        return list(db.execute("SELECT sequence, type, resource FROM events ORDER BY sequence"))
+
+
+async def test_acceptance_writes_created_and_queued_events_in_order(
+    server: RunningServer, admin: AsyncClient, fund: Fund
+) -> None:
+    await fund(ALICE, 100 * USDC)
+    name = (await admin.payments.SubmitPayment(pay())).payment.name
+    events = _events(server)
+    assert [e[1] for e in events] == ["deposit.confirmed", "payment.created", "payment.queued"]
+    assert [e[0] for e in events] == sorted({e[0] for e in events})
+    assert events[1][2] == events[2][2] == name
+
+
+INVALID = [
+    ({"payer": ALICE.lower()[:-1]}, "payer", Reason.INVALID_FIELD),
+    ({"payer": "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeD"}, "payer", Reason.INVALID_FIELD),
+    ({"payee": "0x" + "0" * 40}, "payee", Reason.INVALID_FIELD),
+    ({"payee": ""}, "payee", Reason.INVALID_FIELD),
+    ({"payee": ALICE.lower()}, "payee", Reason.INVALID_FIELD),
+    ({"amount": ""}, "amount", Reason.INVALID_FIELD),
+    ({"amount": "0"}, "amount", Reason.INVALID_FIELD),
+    ({"amount": "-5"}, "amount", Reason.INVALID_FIELD),
+    ({"amount": "+5"}, "amount", Reason.INVALID_FIELD),
+    ({"amount": " 5"}, "amount", Reason.INVALID_FIELD),
+    ({"amount": "1e6"}, "amount", Reason.INVALID_FIELD),
+    ({"amount": "1.5"}, "amount", Reason.INVALID_FIELD),
+    ({"amount": "1_000"}, "amount", Reason.INVALID_FIELD),
+    ({"amount": "\u0661"}, "amount", Reason.INVALID_FIELD),  # ARABIC-INDIC DIGIT ONE: int() would take it
+    ({"amount": str(2**256)}, "amount", Reason.INVALID_FIELD),
+    ({"token": "BTC"}, "token", Reason.INVALID_TOKEN),
+    ({"token": "usdc"}, "token", Reason.INVALID_TOKEN),
+    ({"token": ""}, "token", Reason.INVALID_FIELD),
+    ({"priority": 9}, "priority", Reason.INVALID_FIELD),
+    ({"task_id": "t" * 129}, "task_id", Reason.INVALID_FIELD),
+    ({"task_id": "line\nbreak"}, "task_id", Reason.INVALID_FIELD),
+    ({"memo": "m" * 513}, "memo", Reason.INVALID_FIELD),
+    ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata", Reason.INVALID_FIELD),
+    ({"metadata": {"k": "v" * 257}}, "metadata['k']", Reason.INVALID_FIELD),
+    ({"metadata": {"k" * 65: "v"}}, f"metadata[{'k' * 65!r}]", Reason.INVALID_FIELD),
+    ({"request_id": "has space"}, "request_id", Reason.INVALID_FIELD),
+    ({"request_id": "r" * 65}, "request_id", Reason.INVALID_FIELD),
+]
+
+
+@pytest.mark.parametrize(("fields", "field", "reason"), INVALID)
+async def test_each_invalid_field_is_named_and_changes_nothing(
+    server: RunningServer, admin: AsyncClient, fund: Fund, fields: dict[str, object], field: str, reason: Reason
+) -> None:
+    await fund(ALICE, 100 * USDC)
+    before = await balance(admin, ALICE)
+    with pytest.raises(InvalidArgument) as caught:
+        await admin.payments.SubmitPayment(pay(**fields))
+    assert caught.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.reason is reason
+    assert [v.field for v in caught.value.field_violations] == [field]
+    if reason is Reason.INVALID_TOKEN:
+        assert isinstance(caught.value, InvalidToken)
+    assert await balance(admin, ALICE) == before
+    listed = await admin.payments.ListPayments(payments_pb2.ListPaymentsRequest())
+    assert list(listed.payments) == []
+    assert [e[1] for e in _events(server)] == ["deposit.confirmed"]
+
+
+async def test_every_invalid_field_is_named_at_once(admin: AsyncClient) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        await admin.payments.SubmitPayment(payments_pb2.SubmitPaymentRequest(amount="x", token="BTC"))
+    assert {v.field for v in caught.value.field_violations} == {"payer", "payee", "token", "amount"}
+    assert caught.value.reason is Reason.INVALID_FIELD
+
+
+async def test_insufficient_balance_changes_nothing(server: RunningServer, admin: AsyncClient, fund: Fund) -> None:
+    await fund(ALICE, 10 * USDC)
+    before = await balance(admin, ALICE)
+    with pytest.raises(InsufficientBalance) as caught:
+        await admin.payments.SubmitPayment(pay(amount=10 * USDC))  # the fee does not fit
+    assert caught.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert caught.value.metadata == {"available": "10000000", "required": "10030000", "fee": "30000"}
+    assert await balance(admin, ALICE) == before
+    assert [e[1] for e in _events(server)] == ["deposit.confirmed"]
+    with pytest.raises(InsufficientBalance):
+        await admin.payments.SubmitPayment(pay(payer=CAROL))  # never deposited
+
+
+async def test_same_request_id_replays_and_a_different_request_conflicts(admin: AsyncClient, fund: Fund) -> None:
+    await fund(ALICE, 100 * USDC)
+    first = await admin.payments.SubmitPayment(pay(request_id="order-42"))
+    again = await admin.payments.SubmitPayment(pay(request_id="order-42", payer=ALICE.lower()))
+    assert again.payment == first.payment
+    assert (await balance(admin, ALICE)).reserved == "10030000"  # once
+    with pytest.raises(IdempotencyConflict) as caught:
+        await admin.payments.SubmitPayment(pay(amount=11 * USDC, request_id="order-42"))
+    assert isinstance(caught.value, AlreadyExists)
+    assert caught.value.code is grpc.StatusCode.ALREADY_EXISTS
+    assert caught.value.metadata == {"request_id": "order-42", "resource": first.payment.name}
+    listed = await admin.payments.ListPayments(payments_pb2.ListPaymentsRequest())
+    assert len(listed.payments) == 1
+
+
+async def test_request_ids_are_per_payer(admin: AsyncClient, fund: Fund) -> None:
+    await fund(ALICE, 100 * USDC)
+    await fund(BOB, 100 * USDC)
+    a = await admin.payments.SubmitPayment(pay(request_id="same"))
+    b = await admin.payments.SubmitPayment(pay(payer=BOB, payee=ALICE, request_id="same"))
+    assert a.payment.name != b.payment.name
+
+
+async def test_concurrent_duplicates_in_one_group_pay_once(admin: AsyncClient, fund: Fund) -> None:
+    import asyncio
+
+    await fund(ALICE, 100 * USDC)
+    answers = await asyncio.gather(*(admin.payments.SubmitPayment(pay(request_id="dup")) for _ in range(20)))
+    assert len({a.payment.name for a in answers}) == 1
+    assert (await balance(admin, ALICE)).reserved == "10030000"
+
+
+async def test_full_queue_is_resource_exhausted_and_reserves_nothing(start_server: StartServer) -> None:
+    server = await start_server(max_queue_size=2)
+    fund = _funder(server)
+    await fund(ALICE, 100 * USDC)
+    async with server.client() as client:
+        for _ in range(2):
+            await client.payments.SubmitPayment(pay(amount=USDC))
+        before = await balance(client, ALICE)
+        with pytest.raises(QueueFull) as caught:
+            await client.payments.SubmitPayment(pay(amount=USDC))
+        assert caught.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert caught.value.reason is Reason.QUEUE_FULL
+        assert caught.value.retry_delay == datetime.timedelta(seconds=1)
+        assert await balance(client, ALICE) == before
+        # Another token has its own queue.
+        await fund(ALICE, 10**18, token="ETH")
+        await client.payments.SubmitPayment(pay(amount=10**16, token="ETH"))
+
+
+async def test_cancel_returns_the_reservation_once(server: RunningServer, admin: AsyncClient, fund: Fund) -> None:
+    await fund(ALICE, 100 * USDC)
+    payment = (await admin.payments.SubmitPayment(pay())).payment
+    cancelled = await admin.payments.CancelPayment(
+        payments_pb2.CancelPaymentRequest(name=payment.name, reason="changed my mind")
+    )
+    assert cancelled.payment.status == payments_pb2.PAYMENT_STATUS_CANCELLED
+    assert cancelled.payment.failure_reason == "changed my mind"
+    after = await balance(admin, ALICE)
+    assert (after.available, after.reserved) == ("100000000", "0")
+    with pytest.raises(FailedPrecondition) as again:
+        await admin.payments.CancelPayment(payments_pb2.CancelPaymentRequest(name=payment.name))
+    assert again.value.reason is Reason.PAYMENT_NOT_CANCELLABLE
+    assert again.value.metadata["status"] == "PAYMENT_STATUS_CANCELLED"
+    assert [e[1] for e in _events(server)][-1] == "payment.cancelled"
+    with pytest.raises(NotFound) as unknown:
+        await admin.payments.CancelPayment(payments_pb2.CancelPaymentRequest(name="payments/" + "0" * 22))
+    assert unknown.value.reason is Reason.PAYMENT_NOT_FOUND
+    with pytest.raises(InvalidArgument):
+        await admin.payments.CancelPayment(payments_pb2.CancelPaymentRequest(name="payments/../x"))
+
+
+async def test_keys_act_only_for_their_addresses(
+    server: RunningServer, admin: AsyncClient, fund: Fund, create_key: CreateKey
+) -> None:
+    await fund(ALICE, 100 * USDC)
+    alice = await create_key(admin_pb2.API_KEY_SCOPE_PAYER, addresses=(ALICE,))
+    bob = await create_key(admin_pb2.API_KEY_SCOPE_PAYER, addresses=(BOB,))
+    carol = await create_key(admin_pb2.API_KEY_SCOPE_PAYER, addresses=(CAROL,))
+    async with server.client(alice.secret) as as_alice, server.client(bob.secret) as as_bob:
+        payment = (await as_alice.payments.SubmitPayment(pay())).payment
+        with pytest.raises(PermissionDenied) as foreign:
+            await as_bob.payments.SubmitPayment(pay())  # paying from Alice's address
+        assert foreign.value.reason is Reason.ADDRESS_NOT_ALLOWED
+        assert foreign.value.metadata["field"] == "payer"
+        # Bob, the payee, sees the payment but may not cancel it.
+        seen = await as_bob.payments.GetPayment(payments_pb2.GetPaymentRequest(name=payment.name))
+        assert seen.payment.name == payment.name
+        with pytest.raises(PermissionDenied):
+            await as_bob.payments.CancelPayment(payments_pb2.CancelPaymentRequest(name=payment.name))
+        with pytest.raises(PermissionDenied):
+            await as_bob.accounts.GetBalances(accounts_pb2.GetBalancesRequest(address=ALICE))
+    async with server.client(carol.secret) as as_carol:
+        # Carol has nothing to do with it: it does not exist for her.
+        with pytest.raises(NotFound):
+            await as_carol.payments.GetPayment(payments_pb2.GetPaymentRequest(name=payment.name))
+        with pytest.raises(NotFound):
+            await as_carol.payments.CancelPayment(payments_pb2.CancelPaymentRequest(name=payment.name))
+        assert list((await as_carol.payments.ListPayments(payments_pb2.ListPaymentsRequest())).payments) == []
+
+
+async def test_bulk_items_fail_alone_and_earn_the_batch_discount(admin: AsyncClient, fund: Fund) -> None:
+    await fund(ALICE, 1000 * USDC)
+    items = [pay(amount=10 * USDC) for _ in range(10)]
+    items[3] = pay(amount="0")  # type: ignore[arg-type]
+    items[7] = pay(amount=10_000 * USDC)
+    response = await admin.payments.SubmitPayments(payments_pb2.SubmitPaymentsRequest(requests=items))
+    assert [r.index for r in response.results] == list(range(10))
+    assert [r.WhichOneof("result") for r in response.results] == ["payment"] * 3 + ["error"] + ["payment"] * 3 + [
+        "error"
+    ] + ["payment"] * 2
+    invalid, poor = response.results[3].error, response.results[7].error
+    assert (invalid.code, invalid.reason) == (grpc.StatusCode.INVALID_ARGUMENT.value[0], "INVALID_FIELD")
+    assert [v.field for v in invalid.field_violations] == ["requests[3].amount"]
+    assert (poor.code, poor.reason) == (grpc.StatusCode.FAILED_PRECONDITION.value[0], "INSUFFICIENT_BALANCE")
+    fee = response.results[0].payment.fee
+    # Ten payments in one call: 10% off 30_000.
+    assert (fee.batch_discount_bps, fee.total) == (1000, "27000")
+    assert (await balance(admin, ALICE)).reserved == str(8 * (10 * USDC + 27_000))
+
+
+async def test_bulk_size_is_bounded(start_server: StartServer) -> None:
+    server = await start_server(max_bulk_size=3)
+    async with server.client() as client:
+        for count in (0, 4):
+            with pytest.raises(InvalidArgument) as caught:
+                await client.payments.SubmitPayments(
+                    payments_pb2.SubmitPaymentsRequest(requests=[pay() for _ in range(count)])
+                )
+            assert caught.value.field_violations[0].field == "requests"
+
+
+async def test_list_payments_filters_and_pages(admin: AsyncClient, fund: Fund) -> None:
+    await fund(ALICE, 1000 * USDC)
+    await fund(BOB, 1000 * USDC)
+    names = []
+    for i in range(5):
+        names.append((await admin.payments.SubmitPayment(pay(task_id=f"t{i % 2}"))).payment.name)
+    names.append((await admin.payments.SubmitPayment(pay(payer=BOB, payee=CAROL))).payment.name)
+    seen, token = [], ""
+    while True:
+        page = await admin.payments.ListPayments(payments_pb2.ListPaymentsRequest(page_size=2, page_token=token))
+        seen += [p.name for p in page.payments]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == list(reversed(names))
+    by_task = await admin.payments.ListPayments(payments_pb2.ListPaymentsRequest(task_id="t1"))
+    assert [p.name for p in by_task.payments] == [names[3], names[1]]
+    by_payee = await admin.payments.ListPayments(payments_pb2.ListPaymentsRequest(payee=CAROL.lower()))
+    assert [p.name for p in by_payee.payments] == [names[5]]
+    by_status = await admin.payments.ListPayments(
+        payments_pb2.ListPaymentsRequest(status=payments_pb2.PAYMENT_STATUS_CANCELLED)
+    )
+    assert list(by_status.payments) == []
+    with pytest.raises(InvalidToken):
+        await admin.payments.ListPayments(payments_pb2.ListPaymentsRequest(token="DOGE"))
+
+
+async def test_list_tokens(admin: AsyncClient) -> None:
+    response = await admin.accounts.ListTokens(accounts_pb2.ListTokensRequest())
+    assert [(t.symbol, t.decimals, t.native) for t in response.tokens] == [
+        ("ETH", 18, True),
+        ("USDC", 6, False),
+        ("USDT", 6, False),
+        ("DAI", 18, False),
+        ("WETH", 18, False),
+    ]
+    assert response.tokens[0].min_fee == str(10**15)
+    assert response.chain_id == 31337
+
+
+async def test_state_survives_a_restart(start_server: StartServer) -> None:
+    first = await start_server()
+    await _funder(first)(ALICE, 100 * USDC)
+    async with first.client() as client:
+        kept = (await client.payments.SubmitPayment(pay(request_id="r1"))).payment
+        await client.payments.SubmitPayment(pay())
+    await first.service.stop(grace=0)
+    second = await start_server()
+    assert len(second.service.engine.queues["USDC"]) == 2
+    async with second.client() as client:
+        assert (await balance(client, ALICE)).reserved == str(2 * 10_030_000)
+        replay = await client.payments.SubmitPayment(pay(request_id="r1"))
+        assert replay.payment == kept
+        cancelled = await client.payments.CancelPayment(payments_pb2.CancelPaymentRequest(name=kept.name))
+        assert cancelled.payment.status == payments_pb2.PAYMENT_STATUS_CANCELLED
+    assert len(second.service.engine.queues["USDC"]) == 1
