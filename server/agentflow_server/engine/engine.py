@@ -10,23 +10,33 @@ cache equals the database after every commit, and is rolled back with the transa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
+import functools
 import logging
 import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from agentflow_payments import Reason
 
 from ..errors import ApiError
 from ..ledger import Database
-from ..ledger.group import AccountKey, GroupWrite, IdempotencyRecord, load_accounts, load_idempotency, write_group
+from ..ledger.group import (
+    AccountKey,
+    GroupWrite,
+    IdempotencyRecord,
+    idempotency_key,
+    load_accounts,
+    load_idempotency,
+    write_group,
+)
 from ..ledger.payments import load_payments
 from ..ledger.schema import payments, volume_daily
 from ..tokens import Token, TokenRegistry
@@ -116,6 +126,7 @@ class Engine:
         self._inbox: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._accepting = False
+        self._writer = database.writer()
 
     # -- life cycle ---------------------------------------------------------------------------------
 
@@ -158,6 +169,7 @@ class Engine:
         await self._inbox.put(None)
         await self._task
         self._task = None
+        await self._writer.close()
 
     # -- commands -----------------------------------------------------------------------------------
 
@@ -253,16 +265,17 @@ class Engine:
         group = _Group(GroupWrite(now_us))
         results: list[Result | ApiError] = []
         try:
-            async with self._database.transaction() as connection:
-                await self._preload(connection, pending, group)
-                for item in pending:
-                    try:
-                        results.append(self._apply_one(item.command, group))
-                    except ApiError as error:
-                        results.append(error)
-                await write_group(connection, group.write)
+            await self._preload(pending, group)
+            for item in pending:
+                try:
+                    results.append(self._apply_one(item.command, group))
+                except ApiError as error:
+                    results.append(error)
+            await self._writer.run(functools.partial(_write_and_commit, group.write))
         except BaseException as error:
             self._undo(group)
+            with contextlib.suppress(Exception):
+                await self._writer.run(_rollback)
             for item in pending:
                 if not item.future.done():
                     item.future.set_exception(error)
@@ -286,34 +299,30 @@ class Engine:
             else:
                 item.future.set_result(result)
 
-    async def _preload(self, connection: Any, pending: list[_Pending], group: _Group) -> None:
+    async def _preload(self, pending: list[_Pending], group: _Group) -> None:
+        """Read what the group's commands need and the engine does not hold: request ids already used,
+        the payments they name, and balances not cached yet. One hand-off to the writer's thread."""
         idempotency_keys: list[tuple[str, str]] = []
         payment_ids: set[str] = set()
-        for item in pending:
-            command = item.command
-            if isinstance(command, SubmitPayment) and command.request_id:
-                idempotency_keys.append((_payment_scope(command.payer), command.request_id))
-            elif isinstance(command, CreditDeposit):
-                idempotency_keys.append(_deposit_key(command))
-            elif isinstance(command, CancelPayment | CompletePayment | FailPayment):
-                payment_ids.add(command.payment_id)
-        group.idempotency = await load_idempotency(connection, idempotency_keys)
-        payment_ids.update(
-            record.resource.removeprefix("payments/")
-            for record in group.idempotency.values()
-            if record.resource.startswith("payments/")
-        )
-        group.payments = await load_payments(connection, payment_ids)
-        keys: set[AccountKey] = set()
+        account_keys: set[AccountKey] = set()
         for item in pending:
             command = item.command
             if isinstance(command, SubmitPayment):
-                keys.add((command.payer, command.token.symbol))
+                account_keys.add((command.payer, command.token.symbol))
+                if command.request_id:
+                    idempotency_keys.append((_payment_scope(command.payer), command.request_id))
             elif isinstance(command, CreditDeposit):
-                keys.add((command.beneficiary, command.token.symbol))
-        keys.update((p.payer, p.token) for p in group.payments.values())
-        missing = [key for key in keys if key not in self._balances]
-        self._balances.update(await load_accounts(connection, missing))
+                idempotency_keys.append(_deposit_key(command))
+                account_keys.add((command.beneficiary, command.token.symbol))
+            else:
+                payment_ids.add(command.payment_id)
+        missing = {key for key in account_keys if key not in self._balances}
+        if not idempotency_keys and not payment_ids and not missing:
+            return
+        loaded = await self._writer.run(functools.partial(_load, idempotency_keys, payment_ids, missing))
+        group.idempotency, group.payments, balances = loaded
+        for key, balance in balances.items():
+            self._balances.setdefault(key, balance)
 
     def _undo(self, group: _Group) -> None:
         for key, before in group.balance_undo.items():
@@ -430,6 +439,7 @@ class Engine:
             group.payments[payment.payment_id] = payment
             write.idempotency.append(
                 {
+                    "key": idempotency_key(*key),
                     "scope": key[0],
                     "request_id": key[1],
                     "request_hash": request_hash,
@@ -603,6 +613,7 @@ class Engine:
         group.idempotency[key] = IdempotencyRecord("", deposit.name, write.time_us)
         write.idempotency.append(
             {
+                "key": idempotency_key(*key),
                 "scope": key[0],
                 "request_id": key[1],
                 "request_hash": "",
@@ -611,6 +622,35 @@ class Engine:
             }
         )
         return deposit
+
+
+def _load(
+    idempotency_keys: list[tuple[str, str]],
+    payment_ids: set[str],
+    account_keys: set[AccountKey],
+    connection: Connection,
+) -> tuple[dict[tuple[str, str], IdempotencyRecord], dict[str, Payment], dict[AccountKey, Balance]]:
+    """On the writer's thread: the records, payments and balances a group needs."""
+    records = load_idempotency(connection, idempotency_keys)
+    payment_ids = payment_ids | {
+        record.resource.removeprefix("payments/")
+        for record in records.values()
+        if record.resource.startswith("payments/")
+    }
+    found = load_payments(connection, payment_ids)
+    # The payers of named payments may not be cached yet: load them too (the caller keeps cached ones).
+    keys = account_keys | {(p.payer, p.token) for p in found.values()}
+    return records, found, load_accounts(connection, keys)
+
+
+def _write_and_commit(write: GroupWrite, connection: Connection) -> None:
+    """On the writer's thread: the group's rows, committed (durably: synchronous=FULL) before returning."""
+    write_group(connection, write)
+    connection.commit()
+
+
+def _rollback(connection: Connection) -> None:
+    connection.rollback()
 
 
 def _payment_scope(payer: str) -> str:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy.exc
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +72,62 @@ class Database:
             async with self.engine.begin() as connection:
                 yield connection
 
+    def writer(self) -> Writer:
+        """The single writer's own connection on its own thread (see :class:`Writer`)."""
+        return Writer(self.url)
+
     async def close(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
+
+
+# The same database through the blocking driver of the same family, for the writer's thread.
+_SYNC_DRIVERS = {"sqlite": "pysqlite", "postgresql": "psycopg"}
+
+T = TypeVar("T")
+
+
+class Writer:
+    """The ledger's writer: one connection, used from one dedicated thread, synchronously.
+
+    The engine writes many groups a second, one at a time. Through the async driver every statement is a
+    round trip between the event loop and the driver's thread; here a whole step of a group (its reads,
+    or its writes and commit) is one hand-off, and the database work runs off the event loop, so the
+    loop keeps serving calls meanwhile. It is SQLAlchemy Core all the same: the code is the same for
+    both databases.
+    """
+
+    def __init__(self, url: URL) -> None:
+        backend = url.get_backend_name()
+        self._engine = create_engine(url.set(drivername=f"{backend}+{_SYNC_DRIVERS[backend]}"), poolclass=NullPool)
+        if backend == "sqlite":
+            event.listen(self._engine, "connect", _sqlite_pragmas)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentflow-ledger-writer")
+        self._connection: Connection | None = None
+
+    async def run(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` with the writer's connection on the writer's thread; driver errors become
+        :class:`StorageError`, and the connection is replaced after one."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, work)
+
+    def _run(self, work: Callable[[Connection], T]) -> T:
+        with _storage_errors():
+            if self._connection is None:
+                self._connection = self._engine.connect()
+            try:
+                return work(self._connection)
+            except BaseException:
+                connection, self._connection = self._connection, None
+                with contextlib.suppress(Exception):
+                    connection.close()
+                raise
+
+    async def close(self) -> None:
+        """Close the connection and stop the thread."""
+        await self.run(lambda connection: connection.close())
+        self._connection = None
+        self._executor.shutdown(wait=True)
+        self._engine.dispose()
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from ..engine.fees import Fee
 from ..engine.model import Payment, PaymentStatus, Priority, Settlement
@@ -113,12 +113,12 @@ class PaymentFilter:
     visible_to: frozenset[str] | None = None
 
 
-async def load_payments(connection: AsyncConnection, payment_ids: Iterable[str]) -> dict[str, Payment]:
+def load_payments(connection: Connection, payment_ids: Iterable[str]) -> dict[str, Payment]:
     """The payments with these ids that exist."""
     ids = list(payment_ids)
     if not ids:
         return {}
-    result = await connection.execute(sa.select(payments).where(payments.c.payment_id.in_(ids)))
+    result = connection.execute(sa.select(payments).where(payments.c.payment_id.in_(ids)))
     return {row.payment_id: payment_from_row(row._mapping) for row in result}
 
 
@@ -131,7 +131,7 @@ class PaymentReader:
     async def get(self, payment_id: str) -> Payment | None:
         """The payment with this id, if any."""
         async with self._database.connect() as connection:
-            found = await load_payments(connection, [payment_id])
+            found = await connection.run_sync(load_payments, [payment_id])
         return found.get(payment_id)
 
     async def page(self, where: PaymentFilter, *, limit: int, before: str | None) -> list[Payment]:

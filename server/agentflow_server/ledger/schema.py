@@ -113,9 +113,11 @@ batches = Table(
 idempotency = Table(
     "idempotency",
     metadata,
-    # What the key is unique within, for example "payment:<payer>" or "deposit".
-    Column("scope", String(64), primary_key=True),
-    Column("request_id", String(96), primary_key=True),
+    # "{scope}|{request_id}": one indexed column, so a group looks up all its keys with one IN list.
+    Column("key", String(160), primary_key=True),
+    # What the request id is unique within, for example "payment:<payer>" or "deposit".
+    Column("scope", String(64), nullable=False),
+    Column("request_id", String(96), nullable=False),
     # SHA-256 of the request's meaning: the same id with another meaning is a conflict.
     Column("request_hash", String(64), nullable=False),
     Column("resource", String(96), nullable=False),

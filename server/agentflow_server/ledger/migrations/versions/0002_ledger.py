@@ -94,8 +94,9 @@ def upgrade() -> None:
     )
     op.create_table(
         "idempotency",
-        sa.Column("scope", sa.String(64), primary_key=True),
-        sa.Column("request_id", sa.String(96), primary_key=True),
+        sa.Column("key", sa.String(160), primary_key=True),
+        sa.Column("scope", sa.String(64), nullable=False),
+        sa.Column("request_id", sa.String(96), nullable=False),
         sa.Column("request_hash", sa.String(64), nullable=False),
         sa.Column("resource", sa.String(96), nullable=False),
         sa.Column("create_time_us", sa.BigInteger, nullable=False),
