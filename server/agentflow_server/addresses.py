@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 from eth_utils.address import is_checksum_address, to_checksum_address
@@ -10,6 +11,8 @@ _HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 ZERO_ADDRESS = "0x" + "0" * 40
 
 
+# Agents pay from and to the same few addresses again and again; the checksum is a Keccak hash each time.
+@functools.lru_cache(maxsize=65_536)
 def parse_address(value: str) -> str:
     """Return the EIP-55 form of ``value``, or raise ``ValueError`` saying what is wrong.
 

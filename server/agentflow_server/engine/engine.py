@@ -10,7 +10,6 @@ cache equals the database after every commit, and is rolled back with the transa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime
 import functools
@@ -27,7 +26,7 @@ from sqlalchemy.engine import Connection
 from agentflow_payments import Reason
 
 from ..errors import ApiError
-from ..ledger import Database
+from ..ledger import Database, StorageError
 from ..ledger.group import (
     AccountKey,
     GroupWrite,
@@ -81,6 +80,8 @@ class EngineConfig:
     fee_schedule: FeeSchedule = field(default_factory=FeeSchedule)
     queue_policy: QueuePolicy = field(default_factory=QueuePolicy)
     queue_full_retry: datetime.timedelta = datetime.timedelta(seconds=1)
+    # Groups applied in memory while earlier ones commit: the loop and the database work side by side.
+    max_inflight: int = 2
 
 
 @dataclass(slots=True)
@@ -102,6 +103,13 @@ class _Group:
     pushes: list[Payment] = field(default_factory=list)
     pushed_ids: set[str] = field(default_factory=set)
     removals: list[Payment] = field(default_factory=list)
+    pending: list[_Pending] = field(default_factory=list)
+    results: list[Result | ApiError] = field(default_factory=list)
+    # Set when the group will not commit (it, or a group it was built on, failed); already undone.
+    failure: BaseException | None = None
+    epoch: int = 0
+    seq: int = 0
+    created_keys: list[tuple[str, str]] = field(default_factory=list)
 
 
 class Engine:
@@ -127,6 +135,18 @@ class Engine:
         self._task: asyncio.Task[None] | None = None
         self._accepting = False
         self._writer = database.writer()
+        self._reader = database.reader()
+        # Groups applied in memory whose commit has not been confirmed yet, oldest first: the next group is
+        # applied on top of them while they commit (a pipeline of depth max_inflight).
+        self._inflight: list[_Group] = []
+        # What in-flight groups made, by the group that last touched it (seq), for the reads of the next.
+        self._inflight_records: dict[tuple[str, str], tuple[int, IdempotencyRecord]] = {}
+        self._inflight_payments: dict[str, tuple[int, Payment]] = {}
+        self._group_seq = 0
+        self._commits: set[asyncio.Task[None]] = set()
+        # Bumped after a failed commit; writes of older epochs queued behind it refuse (see _write).
+        self._epoch = 0
+        self._failed_epoch = -1
 
     # -- life cycle ---------------------------------------------------------------------------------
 
@@ -170,6 +190,7 @@ class Engine:
         await self._task
         self._task = None
         await self._writer.close()
+        await self._reader.close()
 
     # -- commands -----------------------------------------------------------------------------------
 
@@ -259,30 +280,62 @@ class Engine:
             except Exception:
                 # _apply answers every caller itself; anything reaching here is a bug, not a reason to stop.
                 log.exception("engine group failed")
+        if self._commits:
+            await asyncio.wait(self._commits)
 
     async def _apply(self, pending: list[_Pending]) -> None:
-        now_us = time.time_ns() // 1000
-        group = _Group(GroupWrite(now_us))
-        results: list[Result | ApiError] = []
+        """Apply a group in memory and start its commit; the callers are answered when it commits."""
+        self._group_seq += 1
+        group = _Group(GroupWrite(time.time_ns() // 1000), pending=pending, epoch=self._epoch, seq=self._group_seq)
         try:
             await self._preload(pending, group)
-            for item in pending:
-                try:
-                    results.append(self._apply_one(item.command, group))
-                except ApiError as error:
-                    results.append(error)
-            await self._writer.run(functools.partial(_write_and_commit, group.write))
         except BaseException as error:
-            self._undo(group)
-            with contextlib.suppress(Exception):
-                await self._writer.run(_rollback)
             for item in pending:
                 if not item.future.done():
                     item.future.set_exception(error)
             if not isinstance(error, Exception):
                 raise
-            log.error("group of %d commands not committed: %s", len(pending), error)
+            log.error("group of %d commands not read: %s", len(pending), error)
             return
+        try:
+            for item in pending:
+                try:
+                    group.results.append(self._apply_one(item.command, group))
+                except ApiError as error:
+                    group.results.append(error)
+            group.write.seal()
+        except Exception as error:
+            # A bug, not a refusal: nothing of this group may stand.
+            self._undo(group)
+            group.failure = error
+            self._answer(group)
+            raise
+        self._inflight.append(group)
+        for key in group.created_keys:
+            self._inflight_records[key] = (group.seq, group.idempotency[key])
+        for payment in (*group.write.new_payments, *group.write.changed_payments.values()):
+            self._inflight_payments[payment.payment_id] = (group.seq, payment)
+        # Bounded pipeline: wait for the oldest commit before starting another past the limit.
+        while len(self._commits) >= self.config.max_inflight:
+            await asyncio.wait(self._commits, return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.create_task(self._commit(group))
+        self._commits.add(task)
+        task.add_done_callback(self._commits.discard)
+
+    async def _commit(self, group: _Group) -> None:
+        try:
+            await self._writer.run(functools.partial(self._write, group.write, group.epoch))
+        except BaseException as error:
+            if group.failure is None:
+                self._fail_from(group, error)
+            self._answer(group)
+            if not isinstance(error, Exception):
+                raise
+            return
+        # Commits happen in order, so this group is the oldest in flight.
+        assert self._inflight[0] is group
+        self._inflight.pop(0)
+        self._forget_inflight(group)
         for payment in group.removals:
             self.queues[payment.token].remove(payment.payment_id)
         for payment in group.pushes:
@@ -291,9 +344,47 @@ class Engine:
                 self.queues[payment.token].push(
                     payment.payment_id, payment.priority, payment.create_time_us / 1e6, payment.amount, token.decimals
                 )
-        for item, result in zip(pending, results, strict=True):
-            if item.future.done():  # the caller went away (cancelled); the command stands
+        self._answer(group)
+
+    def _write(self, write: GroupWrite, epoch: int, connection: Connection) -> None:
+        """On the writer's thread: a group's rows, committed durably (synchronous=FULL) before returning."""
+        if epoch <= self._failed_epoch:
+            raise StorageError("not written: an earlier group it depends on failed to commit")
+        try:
+            write_group(connection, write)
+            connection.commit()
+        except BaseException:
+            self._failed_epoch = epoch
+            raise
+
+    def _fail_from(self, group: _Group, error: BaseException) -> None:
+        """A group failed to commit: undo it and every group applied on top of it, newest first."""
+        index = self._inflight.index(group)
+        failed = self._inflight[index:]
+        del self._inflight[index:]
+        for later in reversed(failed):
+            self._undo(later)
+            self._forget_inflight(later)
+            later.failure = error
+        self._epoch += 1
+        log.error("%d groups not committed: %s", len(failed), error)
+
+    def _forget_inflight(self, group: _Group) -> None:
+        for key in group.created_keys:
+            if self._inflight_records.get(key, (0,))[0] == group.seq:
+                del self._inflight_records[key]
+        for payment in (*group.write.new_payments, *group.write.changed_payments.values()):
+            if self._inflight_payments.get(payment.payment_id, (0,))[0] == group.seq:
+                del self._inflight_payments[payment.payment_id]
+
+    def _answer(self, group: _Group) -> None:
+        for index, item in enumerate(group.pending):
+            if item.future.done():  # the caller went away (cancelled); the command stands or falls anyway
                 continue
+            if group.failure is not None:
+                item.future.set_exception(group.failure)
+                continue
+            result = group.results[index]
             if isinstance(result, ApiError):
                 item.future.set_exception(result)
             else:
@@ -317,12 +408,26 @@ class Engine:
             else:
                 payment_ids.add(command.payment_id)
         missing = {key for key in account_keys if key not in self._balances}
-        if not idempotency_keys and not payment_ids and not missing:
-            return
-        loaded = await self._writer.run(functools.partial(_load, idempotency_keys, payment_ids, missing))
-        group.idempotency, group.payments, balances = loaded
-        for key, balance in balances.items():
-            self._balances.setdefault(key, balance)
+        # What groups still committing made is not in the database yet: take it from them. (Taken before the
+        # read: whatever leaves this overlay meanwhile has committed, and the read sees it.)
+        records = {k: self._inflight_records[k][1] for k in idempotency_keys if k in self._inflight_records}
+        inflight = {payment_id: payment for payment_id, (_, payment) in self._inflight_payments.items()}
+        to_read = [k for k in idempotency_keys if k not in records]
+        payments = {i: inflight[i] for i in payment_ids if i in inflight}
+        payments.update(
+            (pid, inflight[pid])
+            for pid in (r.resource.removeprefix("payments/") for r in records.values())
+            if pid in inflight
+        )
+        if to_read or payment_ids - payments.keys() or missing:
+            read = functools.partial(_load, to_read, payment_ids - payments.keys(), missing, set(payments))
+            loaded_records, loaded_payments, balances = await self._reader.run(read)
+            records.update(loaded_records)
+            # A payment an in-flight group changed is newer in memory than in the database.
+            payments.update({pid: inflight.get(pid, payment) for pid, payment in loaded_payments.items()})
+            for key, balance in balances.items():
+                self._balances.setdefault(key, balance)
+        group.idempotency, group.payments = records, payments
 
     def _undo(self, group: _Group) -> None:
         for key, before in group.balance_undo.items():
@@ -436,6 +541,7 @@ class Engine:
         if command.request_id:
             key = (_payment_scope(command.payer), command.request_id)
             group.idempotency[key] = IdempotencyRecord(request_hash, name, now_us)
+            group.created_keys.append(key)
             group.payments[payment.payment_id] = payment
             write.idempotency.append(
                 {
@@ -611,6 +717,7 @@ class Engine:
             deposit_message(deposit).SerializeToString(),
         )
         group.idempotency[key] = IdempotencyRecord("", deposit.name, write.time_us)
+        group.created_keys.append(key)
         write.idempotency.append(
             {
                 "key": idempotency_key(*key),
@@ -628,29 +735,18 @@ def _load(
     idempotency_keys: list[tuple[str, str]],
     payment_ids: set[str],
     account_keys: set[AccountKey],
+    known_payments: set[str],
     connection: Connection,
 ) -> tuple[dict[tuple[str, str], IdempotencyRecord], dict[str, Payment], dict[AccountKey, Balance]]:
-    """On the writer's thread: the records, payments and balances a group needs."""
+    """On the reader's thread: the records, payments and balances a group needs."""
     records = load_idempotency(connection, idempotency_keys)
-    payment_ids = payment_ids | {
-        record.resource.removeprefix("payments/")
-        for record in records.values()
-        if record.resource.startswith("payments/")
-    }
-    found = load_payments(connection, payment_ids)
+    replayed = {r.resource.removeprefix("payments/") for r in records.values() if r.resource.startswith("payments/")}
+    found = load_payments(connection, (payment_ids | replayed) - known_payments)
     # The payers of named payments may not be cached yet: load them too (the caller keeps cached ones).
     keys = account_keys | {(p.payer, p.token) for p in found.values()}
-    return records, found, load_accounts(connection, keys)
-
-
-def _write_and_commit(write: GroupWrite, connection: Connection) -> None:
-    """On the writer's thread: the group's rows, committed (durably: synchronous=FULL) before returning."""
-    write_group(connection, write)
-    connection.commit()
-
-
-def _rollback(connection: Connection) -> None:
-    connection.rollback()
+    balances = load_accounts(connection, keys)
+    connection.rollback()  # end the read transaction: the next read sees newer commits
+    return records, found, balances
 
 
 def _payment_scope(payer: str) -> str:

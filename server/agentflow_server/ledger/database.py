@@ -74,7 +74,11 @@ class Database:
 
     def writer(self) -> Writer:
         """The single writer's own connection on its own thread (see :class:`Writer`)."""
-        return Writer(self.url)
+        return Writer(self.url, "agentflow-ledger-writer")
+
+    def reader(self) -> Writer:
+        """A second such connection for the engine's reads, which then run beside the writer's commits."""
+        return Writer(self.url, "agentflow-ledger-reader")
 
     async def close(self) -> None:
         """Close every pooled connection."""
@@ -97,12 +101,12 @@ class Writer:
     both databases.
     """
 
-    def __init__(self, url: URL) -> None:
+    def __init__(self, url: URL, thread_name: str) -> None:
         backend = url.get_backend_name()
         self._engine = create_engine(url.set(drivername=f"{backend}+{_SYNC_DRIVERS[backend]}"), poolclass=NullPool)
         if backend == "sqlite":
             event.listen(self._engine, "connect", _sqlite_pragmas)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentflow-ledger-writer")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
         self._connection: Connection | None = None
 
     async def run(self, work: Callable[[Connection], T]) -> T:

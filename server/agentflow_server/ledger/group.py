@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import operator
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +41,36 @@ class GroupWrite:
     idempotency: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     volumes: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    # Filled by seal(): the rows of the objects above as they are at the end of the group.
+    payment_rows: list[dict[str, Any]] = field(default_factory=list)
+    changed_rows: list[dict[str, Any]] = field(default_factory=list)
+    account_rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def seal(self) -> None:
+        """Freeze the group's payments and balances into rows.
+
+        The rows are written on another thread while the next group already changes the same objects,
+        so they are copied here, on the engine's own thread, when the group is complete.
+        """
+        self.payment_rows = [payment_row(p) for p in self.new_payments]
+        # A payment made and changed in the same group is inserted as it ends.
+        new = {p.payment_id for p in self.new_payments}
+        self.changed_rows = [
+            {f"b_{k}": v for k, v in payment_row(p).items()}
+            for p in self.changed_payments.values()
+            if p.payment_id not in new
+        ]
+        self.account_rows = [
+            {
+                "address": address,
+                "token": token,
+                "available": balance.available,
+                "reserved": balance.reserved,
+                "escrowed": balance.escrowed,
+                "update_time_us": self.time_us,
+            }
+            for (address, token), balance in self.accounts.items()
+        ]
 
     def transfer(
         self,
@@ -128,126 +157,126 @@ def load_idempotency(
     }
 
 
-def _upsert(dialect: str, table: sa.Table, keys: list[str]) -> Any:
+# The tables a group inserts into, and the keys of those it upserts.
+_INSERTS: dict[str, tuple[sa.Table, tuple[str, ...] | None]] = {
+    "payments": (payments, None),
+    "accounts": (accounts, ("address", "token")),
+    "transfers": (transfers, None),
+    "idempotency": (idempotency, None),
+    "events": (events, None),
+    "volume_daily": (volume_daily, ("payer", "token", "day")),
+}
+# SQLite allows 32766 parameters a statement; stay well below it.
+_MAX_PARAMETERS = 16_000
+
+
+def _multi_row_insert(dialect: str, name: str, keys: tuple[str, ...], count: int) -> Any:
+    table, conflict = _INSERTS[name]
     # ON CONFLICT ... DO UPDATE exists in both databases, under each dialect's own construct.
     insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-    return insert.on_conflict_do_update(
-        index_elements=keys,
-        set_={c.name: insert.excluded[c.name] for c in table.columns if c.name not in keys},
+    insert = insert.values(
+        [{key: sa.bindparam(f"r{i}_{key}", type_=table.c[key].type) for key in keys} for i in range(count)]
     )
+    if conflict is not None:
+        insert = insert.on_conflict_do_update(
+            index_elements=list(conflict),
+            set_={key: insert.excluded[key] for key in keys if key not in conflict},
+        )
+    return insert
 
 
-def _update_payments() -> Any:
+def _update_payments(keys: tuple[str, ...]) -> Any:
     c = payments.c
-    changed = [
-        "status",
-        "update_time_us",
-        "failure_reason",
-        "batch_id",
-        "transaction_hash",
-        "block_number",
-        "gas_used",
-        "gas_cost_wei",
-        "complete_time_us",
-    ]
     return (
         payments.update()
         .where(c.payment_id == sa.bindparam("b_payment_id"))
-        .values({name: sa.bindparam(f"b_{name}", type_=c[name].type) for name in changed})
+        .values({key[2:]: sa.bindparam(key, type_=c[key[2:]].type) for key in keys if key != "b_payment_id"})
     )
-
-
-_STATEMENTS: dict[str, Callable[[str], Any]] = {
-    "payments": lambda _: payments.insert(),
-    "payments_update": lambda _: _update_payments(),
-    "accounts": lambda dialect: _upsert(dialect, accounts, ["address", "token"]),
-    "transfers": lambda _: transfers.insert(),
-    "idempotency": lambda _: idempotency.insert(),
-    "events": lambda _: events.insert(),
-    "volume_daily": lambda dialect: _upsert(dialect, volume_daily, ["payer", "token", "day"]),
-}
 
 
 @dataclass(frozen=True)
 class _Compiled:
     sql: str
-    order: Callable[[dict[str, Any]], tuple[Any, ...]]
-    amounts: tuple[str, ...]
+    # Where each positional parameter comes from: (row index in the chunk, key).
+    positions: tuple[tuple[int, str], ...]
 
 
-_compiled: dict[tuple[str, str], _Compiled] = {}
+_compiled: dict[tuple[str, str, tuple[str, ...], int], _Compiled] = {}
 
 
-def _statement(connection: Connection, name: str, keys: list[str]) -> _Compiled:
-    """A statement compiled once per dialect for rows with these ``keys`` (the same every time), with the
-    order of its positional parameters."""
+def _statement(connection: Connection, name: str, keys: tuple[str, ...], count: int) -> _Compiled:
+    """The statement for ``count`` rows with these keys, compiled once per dialect."""
     dialect = connection.dialect
-    key = (dialect.name, name)
-    found = _compiled.get(key)
+    cache_key = (dialect.name, name, keys, count)
+    found = _compiled.get(cache_key)
     if found is None:
-        compiled = _STATEMENTS[name](dialect.name).compile(dialect=dialect, column_keys=keys)
-        positions = list(compiled.positiontup or ())
-        types = {bind.key: bind.type for bind in compiled.binds.values()}
-        amounts = tuple(p for p in positions if isinstance(types.get(p), Amount))
-        getter = operator.itemgetter(*positions)
-        found = _compiled[key] = _Compiled(compiled.string, lambda row: tuple(getter(row)), amounts)
+        update = name == "payments_update"
+        statement = _update_payments(keys) if update else _multi_row_insert(dialect.name, name, keys, count)
+        compiled = statement.compile(dialect=dialect)
+        positions: list[tuple[int, str]] = []
+        for parameter in compiled.positiontup or ():
+            if update:
+                positions.append((0, parameter))
+            else:  # r{index}_{key}
+                index, _, key = parameter[1:].partition("_")
+                positions.append((int(index), key))
+        found = _compiled[cache_key] = _Compiled(compiled.string, tuple(positions))
     return found
 
 
 def _execute_many(connection: Connection, name: str, rows: list[dict[str, Any]]) -> None:
-    """Run one statement for many rows straight through the driver.
+    """Write rows with as few statements as possible, straight through the driver.
 
-    SQLAlchemy's per-row parameter processing cost more than SQLite's own work on the hot path; the
-    statement is still SQLAlchemy's, compiled for the connection's dialect, and amounts still go through
-    :class:`Amount`'s conversion.
+    Inserts go as multi-row ``INSERT ... VALUES (...), (...)``: one statement for many rows costs one
+    round through the driver, where an executemany costs one per row (each releasing and re-taking the
+    GIL, which the event loop holds most of the time). Chunks are powers of two, so a handful of compiled
+    statements serve every group size. The statements are SQLAlchemy's, compiled for the connection's
+    dialect; amounts still go through :class:`Amount`'s conversion.
     """
-    statement = _statement(connection, name, list(rows[0]))
+    keys = tuple(rows[0])
     dialect = connection.dialect
     convert = Amount().process_bind_param
+    amounts = [key for key in keys if key in _amount_columns(name)]
     for row in rows:
-        for column in statement.amounts:
+        for column in amounts:
             row[column] = convert(row[column], dialect)
-    connection.exec_driver_sql(statement.sql, [statement.order(row) for row in rows])
+    if name == "payments_update":
+        statement = _statement(connection, name, keys, 1)
+        connection.exec_driver_sql(statement.sql, [tuple(row[k] for _, k in statement.positions) for row in rows])
+        return
+    most = max(1, min(512, _MAX_PARAMETERS // len(keys)))
+    start = 0
+    while start < len(rows):
+        remaining = len(rows) - start
+        count = min(most, 1 << (remaining.bit_length() - 1))
+        statement = _statement(connection, name, keys, count)
+        chunk = rows[start : start + count]
+        connection.exec_driver_sql(statement.sql, tuple(chunk[i][k] for i, k in statement.positions))
+        start += count
+
+
+def _amount_columns(name: str) -> frozenset[str]:
+    table = payments if name == "payments_update" else _INSERTS[name][0]
+    prefix = "b_" if name == "payments_update" else ""
+    return frozenset(prefix + c.name for c in table.columns if isinstance(c.type, Amount))
 
 
 def write_group(connection: Connection, group: GroupWrite) -> None:
-    """Write a group's rows; the caller commits them as one transaction."""
-    if group.new_payments:
-        _execute_many(connection, "payments", [payment_row(p) for p in group.new_payments])
-    if group.changed_payments:
-        _execute_many(
-            connection,
-            "payments_update",
-            [{f"b_{k}": v for k, v in payment_row(p).items()} for p in group.changed_payments.values()],
-        )
-    if group.accounts:
-        _execute_many(
-            connection,
-            "accounts",
-            [
-                {
-                    "address": address,
-                    "token": token,
-                    "available": balance.available,
-                    "reserved": balance.reserved,
-                    "escrowed": balance.escrowed,
-                    "update_time_us": group.time_us,
-                }
-                for (address, token), balance in group.accounts.items()
-            ],
-        )
-    if group.transfers:
-        _execute_many(connection, "transfers", group.transfers)
-    if group.idempotency:
-        _execute_many(connection, "idempotency", group.idempotency)
-    if group.events:
-        _execute_many(connection, "events", group.events)
-    if group.volumes:
-        _execute_many(
-            connection,
+    """Write a sealed group's rows; the caller commits them as one transaction."""
+    for name, rows in (
+        ("payments", group.payment_rows),
+        ("payments_update", group.changed_rows),
+        ("accounts", group.account_rows),
+        ("transfers", group.transfers),
+        ("idempotency", group.idempotency),
+        ("events", group.events),
+        (
             "volume_daily",
             [
                 {"payer": payer, "token": token, "day": day, "amount": amount}
                 for (payer, token, day), amount in group.volumes.items()
             ],
-        )
+        ),
+    ):
+        if rows:
+            _execute_many(connection, name, rows)

@@ -1,0 +1,153 @@
+"""The engine on a real SQLite ledger: settlement outcomes, deposits once, and failed commits undone."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agentflow_payments import Reason
+from agentflow_server.engine.commands import CompletePayment, CreditDeposit, FailPayment, SubmitPayment
+from agentflow_server.engine.engine import Engine, EngineConfig
+from agentflow_server.engine.model import CHAIN, Balance, Deposit, Payment, PaymentStatus, Priority
+from agentflow_server.errors import ApiError
+from agentflow_server.ledger import Database, StorageError
+from agentflow_server.tokens import TokenRegistry
+
+from .conftest import ALICE, BOB
+
+TOKENS = TokenRegistry.configure({}, {})
+USDC = TOKENS.get("USDC")
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
+    # Small groups, so that several are applied in memory while earlier ones commit.
+    database = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
+    engine = Engine(database, TOKENS, EngineConfig(max_queue_size=100_000, max_group_size=16))
+    await engine.start()
+    yield engine
+    await engine.stop()
+    await database.close()
+
+
+def deposit(address: str, amount: int, tx: int = 1, log_index: int = 0) -> CreditDeposit:
+    return CreditDeposit(address, address, USDC, amount, f"0x{tx:064x}", log_index, 7)
+
+
+def submit(amount: int = 1_000_000, request_id: str = "") -> SubmitPayment:
+    return SubmitPayment(ALICE, BOB, USDC, amount, Priority.NORMAL, "", "", (), request_id)
+
+
+def stored_balances(path: Path) -> dict[tuple[str, str], Balance]:
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT address, token, available, reserved, escrowed FROM accounts").fetchall()
+    return {(a, t): Balance(int(av), int(r), int(e)) for a, t, av, r, e in rows}
+
+
+def journal_sums(path: Path) -> dict[tuple[str, int], int]:
+    """What the journal says each (address, bucket) holds."""
+    sums: dict[tuple[str, int], int] = {}
+    with sqlite3.connect(path) as db:
+        for debit, debit_bucket, credit, credit_bucket, amount in db.execute(
+            "SELECT debit_address, debit_bucket, credit_address, credit_bucket, amount FROM transfers"
+        ):
+            sums[(debit, debit_bucket)] = sums.get((debit, debit_bucket), 0) - int(amount)
+            sums[(credit, credit_bucket)] = sums.get((credit, credit_bucket), 0) + int(amount)
+    return sums
+
+
+async def test_a_deposit_is_credited_once_per_log(engine: Engine, tmp_path: Path) -> None:
+    first = await engine.execute(deposit(ALICE, 500))
+    again = await engine.execute(deposit(ALICE, 500))
+    other_log = await engine.execute(deposit(ALICE, 500, log_index=1))
+    assert isinstance(first, Deposit)
+    assert again == first
+    assert other_log.name != first.name
+    assert stored_balances(tmp_path / "ledger.db")[(ALICE, "USDC")] == Balance(1000, 0, 0)
+
+
+async def test_completed_payments_leave_the_ledger_and_failed_ones_come_back(engine: Engine, tmp_path: Path) -> None:
+    await engine.execute(deposit(ALICE, 100_000_000))
+    paid = await engine.execute(submit())
+    failed = await engine.execute(submit())
+    assert isinstance(paid, Payment)
+    assert isinstance(failed, Payment)
+    done = await engine.execute(CompletePayment(paid.payment_id, "b1", "0x" + "ab" * 32, 12, 21_000, 10**12))
+    assert isinstance(done, Payment)
+    assert done.status is PaymentStatus.COMPLETED
+    assert done.settlement is not None
+    assert done.settlement.transaction_hash == "0x" + "ab" * 32
+    back = await engine.execute(FailPayment(failed.payment_id, "payee rejected"))
+    assert isinstance(back, Payment)
+    assert (back.status, back.failure_reason) == (PaymentStatus.FAILED, "payee rejected")
+    assert len(engine.queues["USDC"]) == 0
+    with pytest.raises(ApiError) as final:
+        await engine.execute(FailPayment(paid.payment_id, "late"))
+    assert final.value.reason is Reason.PAYMENT_NOT_CANCELLABLE
+    path = tmp_path / "ledger.db"
+    # Alice keeps what did not settle; the settled amount and its fee (the 0.01 USDC minimum) went to the chain.
+    assert stored_balances(path)[(ALICE, "USDC")] == Balance(100_000_000 - 1_010_000, 0, 0)
+    sums = journal_sums(path)
+    assert sums[(ALICE, 1)] == 100_000_000 - 1_010_000
+    assert sums[(ALICE, 2)] == 0
+    assert sums[(CHAIN, 1)] == -100_000_000 + 1_010_000
+    assert sum(sums.values()) == 0
+
+
+async def test_a_failed_commit_undoes_its_group_and_those_built_on_it(engine: Engine, tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    await engine.execute(deposit(ALICE, 10**12))
+    before = stored_balances(path)
+    # Another writer takes the events table away: every group's commit fails until it is back.
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE events RENAME TO events_away")
+    results = await asyncio.gather(
+        *(engine.execute(submit(request_id=f"r{i}")) for i in range(200)), return_exceptions=True
+    )
+    assert results
+    assert all(isinstance(r, StorageError) for r in results)
+    assert stored_balances(path) == before
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE events_away RENAME TO events")
+    # The engine's memory was rolled back with the transactions: the same requests now succeed, once.
+    accepted = await asyncio.gather(*(engine.execute(submit(request_id=f"r{i}")) for i in range(200)))
+    assert len({p.payment_id for p in accepted if isinstance(p, Payment)}) == 200
+    stored = stored_balances(path)[(ALICE, "USDC")]
+    assert stored == Balance(10**12 - 200 * 1_010_000, 200 * 1_010_000, 0)
+    assert len(engine.queues["USDC"]) == 200
+    sums = journal_sums(path)
+    assert (sums[(ALICE, 1)], sums[(ALICE, 2)]) == (stored.available, stored.reserved)
+
+
+async def test_groups_in_flight_fail_together(engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When a commit fails while later groups are already applied on top of it, all of them are undone."""
+    path = tmp_path / "ledger.db"
+    await engine.execute(deposit(ALICE, 10**12))
+    writes: list[int] = []
+    original = Engine._write
+
+    def failing_second(self: Engine, write: object, epoch: int, connection: object) -> None:
+        writes.append(epoch)
+        if len(writes) == 2:
+            self._failed_epoch = epoch
+            raise StorageError("disk full")
+        original(self, write, epoch, connection)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Engine, "_write", failing_second)
+    results = await asyncio.gather(*(engine.execute(submit()) for i in range(100)), return_exceptions=True)
+    accepted = [r for r in results if isinstance(r, Payment)]
+    refused = [r for r in results if isinstance(r, StorageError)]
+    assert len(accepted) + len(refused) == 100
+    assert accepted  # the group before the failure committed
+    assert refused
+    stored = stored_balances(path)[(ALICE, "USDC")]
+    assert stored.reserved == len(accepted) * 1_010_000
+    # Memory agrees with the database: the next payment is checked against the committed balance.
+    monkeypatch.undo()
+    await engine.execute(submit())
+    assert stored_balances(path)[(ALICE, "USDC")].reserved == (len(accepted) + 1) * 1_010_000
+    assert len(engine.queues["USDC"]) == len(accepted) + 1
