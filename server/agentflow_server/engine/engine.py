@@ -10,6 +10,7 @@ cache equals the database after every commit, and is rolled back with the transa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -27,6 +28,7 @@ from agentflow_payments import Reason
 
 from ..errors import ApiError
 from ..ledger import Database, StorageError
+from ..ledger.database import Writer
 from ..ledger.group import (
     AccountKey,
     GroupWrite,
@@ -39,7 +41,7 @@ from ..ledger.group import (
 from ..ledger.payments import load_payments
 from ..ledger.schema import payments, volume_daily
 from ..tokens import Token, TokenRegistry
-from ..wire import deposit_message, payment_message
+from ..wire import deposit_message, payment_bytes
 from .commands import CancelPayment, Command, CompletePayment, CreditDeposit, FailPayment, SubmitPayment
 from .fees import (
     Fee,
@@ -82,6 +84,8 @@ class EngineConfig:
     queue_full_retry: datetime.timedelta = datetime.timedelta(seconds=1)
     # Groups applied in memory while earlier ones commit: the loop and the database work side by side.
     max_inflight: int = 2
+    # Seconds between WAL checkpoints (SQLite).
+    checkpoint_interval: float = 0.5
 
 
 @dataclass(slots=True)
@@ -136,6 +140,8 @@ class Engine:
         self._accepting = False
         self._writer = database.writer()
         self._reader = database.reader()
+        self._checkpointer: Writer | None = None
+        self._checkpoints: asyncio.Task[None] | None = None
         # Groups applied in memory whose commit has not been confirmed yet, oldest first: the next group is
         # applied on top of them while they commit (a pipeline of depth max_inflight).
         self._inflight: list[_Group] = []
@@ -177,6 +183,12 @@ class Engine:
             )
             for row in volumes:
                 self._volume.load(row.payer, row.token, row.day, row.amount)
+        if self._database.url.get_backend_name() == "sqlite":
+            # Checkpoints copy the WAL back into the database file; done by the committing connection they
+            # stall a commit for tens of milliseconds now and then. A thread of their own does them instead.
+            await self._writer.run(lambda connection: connection.exec_driver_sql("PRAGMA wal_autocheckpoint=0"))
+            self._checkpointer = self._database.writer("agentflow-ledger-checkpoint")
+            self._checkpoints = asyncio.create_task(self._checkpoint_forever(), name="agentflow-checkpoints")
         self._accepting = True
         self._task = asyncio.create_task(self._run(), name="agentflow-engine")
         log.info("engine started", extra={"event": "engine.started", "queued_payments": count})
@@ -191,6 +203,23 @@ class Engine:
         self._task = None
         await self._writer.close()
         await self._reader.close()
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoints
+            assert self._checkpointer is not None
+            await self._checkpointer.run(_checkpoint)
+            await self._checkpointer.close()
+
+    async def _checkpoint_forever(self) -> None:
+        """Copy the WAL into the database file every so often, beside the writer (never blocking it)."""
+        assert self._checkpointer is not None
+        while True:
+            await asyncio.sleep(self.config.checkpoint_interval)
+            try:
+                await self._checkpointer.run(_checkpoint)
+            except StorageError as error:
+                log.warning("checkpoint failed: %s", error)
 
     # -- commands -----------------------------------------------------------------------------------
 
@@ -534,7 +563,7 @@ class Engine:
             debit,
             name,
         )
-        payload = payment_message(payment).SerializeToString()
+        payload = payment_bytes(payment)
         addresses = (payment.payer, payment.payee)
         write.event("payment.created", name, addresses, payment.task_id, payload)
         write.event("payment.queued", name, addresses, payment.task_id, payload)
@@ -629,7 +658,7 @@ class Engine:
             payment.name,
             (payment.payer, payment.payee),
             payment.task_id,
-            payment_message(payment).SerializeToString(),
+            payment_bytes(payment),
         )
         if payment.payment_id in self.queues[payment.token]:
             group.removals.append(payment)
@@ -747,6 +776,12 @@ def _load(
     balances = load_accounts(connection, keys)
     connection.rollback()  # end the read transaction: the next read sees newer commits
     return records, found, balances
+
+
+def _checkpoint(connection: Connection) -> None:
+    # PASSIVE: copy what no reader still needs, wait for nobody. The writer restarts the WAL from its
+    # beginning once a checkpoint has copied all of it, so the file stays small.
+    connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 def _payment_scope(payer: str) -> str:

@@ -72,9 +72,9 @@ class Database:
             async with self.engine.begin() as connection:
                 yield connection
 
-    def writer(self) -> Writer:
+    def writer(self, thread_name: str = "agentflow-ledger-writer") -> Writer:
         """The single writer's own connection on its own thread (see :class:`Writer`)."""
-        return Writer(self.url, "agentflow-ledger-writer")
+        return Writer(self.url, thread_name)
 
     def reader(self) -> Writer:
         """A second such connection for the engine's reads, which then run beside the writer's commits."""
