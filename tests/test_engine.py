@@ -151,3 +151,36 @@ async def test_groups_in_flight_fail_together(engine: Engine, tmp_path: Path, mo
     await engine.execute(submit())
     assert stored_balances(path)[(ALICE, "USDC")].reserved == (len(accepted) + 1) * 1_010_000
     assert len(engine.queues["USDC"]) == len(accepted) + 1
+
+
+async def test_fees_follow_the_payers_volume_and_the_queue_depth(tmp_path: Path) -> None:
+    database = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'fees.db'}")
+    engine = Engine(database, TOKENS, EngineConfig(max_queue_size=10))
+    await engine.start()
+    try:
+        await engine.execute(deposit(ALICE, 10**15))
+        first = await engine.execute(submit(amount=10_000 * 10**6))  # $10k: the first volume tier
+        assert isinstance(first, Payment)
+        assert (first.fee.volume_discount_bps, first.fee.congestion_adjustment_bps) == (0, 0)
+        second = await engine.execute(submit(amount=10**6))
+        assert isinstance(second, Payment)
+        assert second.fee.volume_discount_bps == 1000
+        assert engine.quote(ALICE, USDC, 10**6) == second.fee
+        assert engine.quote(BOB, USDC, 10**6).volume_discount_bps == 0  # volume is the payer's own
+        for _ in range(3):
+            await engine.execute(submit(amount=10**6))
+        # Five of ten queue places taken: +10% for congestion.
+        fifth = await engine.execute(submit(amount=10**6))
+        assert isinstance(fifth, Payment)
+        assert fifth.fee.congestion_adjustment_bps == 1000
+    finally:
+        await engine.stop()
+    # Volume survives a restart (it is kept per day in the ledger).
+    engine = Engine(database, TOKENS, EngineConfig(max_queue_size=10))
+    await engine.start()
+    try:
+        assert engine.quote(ALICE, USDC, 10**6).volume_discount_bps == 1000
+        assert len(engine.queues["USDC"]) == 6
+    finally:
+        await engine.stop()
+        await database.close()

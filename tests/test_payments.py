@@ -378,3 +378,31 @@ async def test_state_survives_a_restart(start_server: StartServer) -> None:
         cancelled = await client.payments.CancelPayment(payments_pb2.CancelPaymentRequest(name=kept.name))
         assert cancelled.payment.status == payments_pb2.PAYMENT_STATUS_CANCELLED
     assert len(second.service.engine.queues["USDC"]) == 1
+
+
+async def test_ledger_entries_page_through_the_journal(admin: AsyncClient, fund: Fund) -> None:
+    await fund(ALICE, 1000 * USDC)
+    for _ in range(4):
+        payment = (await admin.payments.SubmitPayment(pay())).payment
+    await admin.payments.CancelPayment(payments_pb2.CancelPaymentRequest(name=payment.name))
+    seen, token = [], ""
+    while True:
+        page = await admin.accounts.ListLedgerEntries(
+            accounts_pb2.ListLedgerEntriesRequest(address=ALICE, token="USDC", page_size=3, page_token=token)
+        )
+        assert len(page.entries) <= 3
+        seen += list(page.entries)
+        token = page.next_page_token
+        if not token:
+            break
+    # A deposit, four reservations and a release, two sides each but the deposit's.
+    assert len(seen) == 1 + 4 * 2 + 2
+    assert [e.entry_id for e in seen] == sorted({e.entry_id for e in seen})
+    assert sum(int(e.delta) for e in seen) == 1000 * USDC
+    by_transfer: dict[str, int] = {}
+    for entry in seen[1:]:
+        by_transfer[entry.transfer_id] = by_transfer.get(entry.transfer_id, 0) + int(entry.delta)
+    assert set(by_transfer.values()) == {0}  # within one address, each transfer's lines cancel out
+    assert seen[-1].kind == accounts_pb2.LEDGER_ENTRY_KIND_PAYMENT_RELEASE
+    with pytest.raises(InvalidArgument):
+        await admin.accounts.ListLedgerEntries(accounts_pb2.ListLedgerEntriesRequest(address="nope"))
