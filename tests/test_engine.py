@@ -184,3 +184,19 @@ async def test_fees_follow_the_payers_volume_and_the_queue_depth(tmp_path: Path)
     finally:
         await engine.stop()
         await database.close()
+
+
+async def test_the_queue_bound_holds_while_groups_commit(tmp_path: Path) -> None:
+    database = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'bound.db'}")
+    engine = Engine(database, TOKENS, EngineConfig(max_queue_size=50, max_group_size=16))
+    await engine.start()
+    try:
+        await engine.execute(deposit(ALICE, 10**15))
+        results = await asyncio.gather(*(engine.execute(submit()) for _ in range(200)), return_exceptions=True)
+        accepted = [r for r in results if isinstance(r, Payment)]
+        full = [r for r in results if isinstance(r, ApiError) and r.reason is Reason.QUEUE_FULL]
+        assert (len(accepted), len(full)) == (50, 150)
+        assert len(engine.queues["USDC"]) == 50
+    finally:
+        await engine.stop()
+        await database.close()

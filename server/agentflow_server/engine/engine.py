@@ -149,6 +149,8 @@ class Engine:
         self._inflight_records: dict[tuple[str, str], tuple[int, IdempotencyRecord]] = {}
         self._inflight_payments: dict[str, tuple[int, Payment]] = {}
         self._group_seq = 0
+        # Payments accepted by groups still committing: the queue holds them only once they commit.
+        self._inflight_queued: Counter[str] = Counter()
         self._commits: set[asyncio.Task[None]] = set()
         # Bumped after a failed commit; writes of older epochs queued behind it refuse (see _write).
         self._epoch = 0
@@ -259,7 +261,7 @@ class Engine:
         """The fee the engine would fix now for this payment (``queued``: payments of this token staged
         ahead of it in the current group)."""
         schedule = self.config.fee_schedule
-        depth = len(self.queues[token.symbol]) + queued
+        depth = len(self.queues[token.symbol]) + self._inflight_queued[token.symbol] + queued
         today = day_of(time.time_ns() // 1000)
         return compute_fee(
             schedule,
@@ -340,6 +342,7 @@ class Engine:
             self._answer(group)
             raise
         self._inflight.append(group)
+        self._inflight_queued.update(group.queued)
         for key in group.created_keys:
             self._inflight_records[key] = (group.seq, group.idempotency[key])
         for payment in (*group.write.new_payments, *group.write.changed_payments.values()):
@@ -399,6 +402,7 @@ class Engine:
         log.error("%d groups not committed: %s", len(failed), error)
 
     def _forget_inflight(self, group: _Group) -> None:
+        self._inflight_queued.subtract(group.queued)
         for key in group.created_keys:
             if self._inflight_records.get(key, (0,))[0] == group.seq:
                 del self._inflight_records[key]
@@ -515,7 +519,7 @@ class Engine:
         token = command.token
         symbol = token.symbol
         queued = group.queued[symbol]
-        depth = len(self.queues[symbol]) + queued
+        depth = len(self.queues[symbol]) + self._inflight_queued[symbol] + queued
         if depth >= self.config.max_queue_size:
             raise ApiError(
                 Reason.QUEUE_FULL,
