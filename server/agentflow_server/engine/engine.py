@@ -28,7 +28,7 @@ from agentflow_payments import Reason
 
 from ..errors import ApiError
 from ..ledger import Database, StorageError
-from ..ledger.database import Writer
+from ..ledger.database import ThreadConnection
 from ..ledger.group import (
     AccountKey,
     GroupWrite,
@@ -138,9 +138,9 @@ class Engine:
         self._inbox: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._accepting = False
-        self._writer = database.writer()
-        self._reader = database.reader()
-        self._checkpointer: Writer | None = None
+        self._writer = database.thread_connection("agentflow-ledger-writer")
+        self._reader = database.thread_connection("agentflow-ledger-reader")
+        self._checkpointer: ThreadConnection | None = None
         self._checkpoints: asyncio.Task[None] | None = None
         # Groups applied in memory whose commit has not been confirmed yet, oldest first: the next group is
         # applied on top of them while they commit (a pipeline of depth max_inflight).
@@ -189,7 +189,7 @@ class Engine:
             # Checkpoints copy the WAL back into the database file; done by the committing connection they
             # stall a commit for tens of milliseconds now and then. A thread of their own does them instead.
             await self._writer.run(lambda connection: connection.exec_driver_sql("PRAGMA wal_autocheckpoint=0"))
-            self._checkpointer = self._database.writer("agentflow-ledger-checkpoint")
+            self._checkpointer = self._database.thread_connection("agentflow-ledger-checkpoint")
             self._checkpoints = asyncio.create_task(self._checkpoint_forever(), name="agentflow-checkpoints")
         self._accepting = True
         self._task = asyncio.create_task(self._run(), name="agentflow-engine")

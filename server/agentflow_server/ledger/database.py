@@ -72,13 +72,9 @@ class Database:
             async with self.engine.begin() as connection:
                 yield connection
 
-    def writer(self, thread_name: str = "agentflow-ledger-writer") -> Writer:
-        """The single writer's own connection on its own thread (see :class:`Writer`)."""
-        return Writer(self.url, thread_name)
-
-    def reader(self) -> Writer:
-        """A second such connection for the engine's reads, which then run beside the writer's commits."""
-        return Writer(self.url, "agentflow-ledger-reader")
+    def thread_connection(self, thread_name: str) -> ThreadConnection:
+        """A connection of its own on a thread of its own (see :class:`ThreadConnection`)."""
+        return ThreadConnection(self.url, thread_name)
 
     async def close(self) -> None:
         """Close every pooled connection."""
@@ -91,8 +87,9 @@ _SYNC_DRIVERS = {"sqlite": "pysqlite", "postgresql": "psycopg"}
 T = TypeVar("T")
 
 
-class Writer:
-    """The ledger's writer: one connection, used from one dedicated thread, synchronously.
+class ThreadConnection:
+    """One connection, used from one dedicated thread, synchronously: the engine's writer, its reader and
+    its checkpointer are each one.
 
     The engine writes many groups a second, one at a time. Through the async driver every statement is a
     round trip between the event loop and the driver's thread; here a whole step of a group (its reads,
@@ -110,7 +107,7 @@ class Writer:
         self._connection: Connection | None = None
 
     async def run(self, work: Callable[[Connection], T]) -> T:
-        """Run ``work`` with the writer's connection on the writer's thread; driver errors become
+        """Run ``work`` with the connection on its thread; driver errors become
         :class:`StorageError`, and the connection is replaced after one."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, work)
 
