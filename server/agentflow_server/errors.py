@@ -49,3 +49,8 @@ def invalid_fields(violations: Sequence[FieldViolation]) -> ApiError:
     """An INVALID_ARGUMENT error naming every field at fault."""
     summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
     return ApiError(Reason.INVALID_FIELD, summary, field_violations=violations)
+
+
+def payment_not_found(name: str) -> ApiError:
+    """NOT_FOUND for a payment that does not exist, or that the caller may not see (so ids are not probed)."""
+    return ApiError(Reason.PAYMENT_NOT_FOUND, f"no payment {name}", metadata={"name": name})

@@ -8,14 +8,13 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 
-from agentflow_payments import Reason
 from agentflow_payments.v1 import common_pb2, payments_pb2, payments_pb2_grpc
 
 from ..auth import Principal, current_principal
 from ..engine.commands import CancelPayment, SubmitPayment
 from ..engine.engine import Engine
 from ..engine.model import Payment, PaymentStatus, Priority
-from ..errors import ApiError
+from ..errors import ApiError, payment_not_found
 from ..ledger.payments import PaymentFilter, PaymentReader
 from ..wire import fee_message, payment_message
 from . import pagination
@@ -35,10 +34,6 @@ def _sees(principal: Principal) -> frozenset[str] | None:
 def _visible(principal: Principal, payment: Payment) -> bool:
     sees = _sees(principal)
     return sees is None or payment.payer in sees or payment.payee in sees
-
-
-def _not_found(name: str) -> ApiError:
-    return ApiError(Reason.PAYMENT_NOT_FOUND, f"no payment {name}", metadata={"name": name})
 
 
 def item_error(error: ApiError) -> common_pb2.ItemError:
@@ -144,7 +139,7 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
         fields.check()
         payment = await self._reader.get(payment_id)
         if payment is None or not _visible(current_principal(), payment):
-            raise _not_found(request.name)
+            raise payment_not_found(request.name)
         return payments_pb2.GetPaymentResponse(payment=payment_message(payment))
 
     async def ListPayments(

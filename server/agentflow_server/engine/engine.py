@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection
 
 from agentflow_payments import Reason
 
-from ..errors import ApiError
+from ..errors import ApiError, payment_not_found
 from ..ledger import Database, StorageError
 from ..ledger.database import ThreadConnection
 from ..ledger.group import (
@@ -595,11 +595,7 @@ class Engine:
     def _find_payment(self, group: _Group, payment_id: str) -> Payment:
         payment = group.payments.get(payment_id)
         if payment is None:
-            raise ApiError(
-                Reason.PAYMENT_NOT_FOUND,
-                f"no payment payments/{payment_id}",
-                metadata={"name": f"payments/{payment_id}"},
-            )
+            raise payment_not_found(f"payments/{payment_id}")
         return payment
 
     def _in_queue(self, group: _Group, payment: Payment) -> bool:
@@ -610,11 +606,7 @@ class Engine:
         if payment is None or (
             command.sees is not None and payment.payer not in command.sees and payment.payee not in command.sees
         ):
-            raise ApiError(
-                Reason.PAYMENT_NOT_FOUND,
-                f"no payment payments/{command.payment_id}",
-                metadata={"name": f"payments/{command.payment_id}"},
-            )
+            raise payment_not_found(f"payments/{command.payment_id}")
         if command.acts_for is not None and payment.payer not in command.acts_for:
             raise ApiError(
                 Reason.ADDRESS_NOT_ALLOWED,
@@ -622,11 +614,7 @@ class Engine:
                 metadata={"field": "name", "address": payment.payer},
             )
         if payment.status is not PaymentStatus.QUEUED or not self._in_queue(group, payment):
-            raise ApiError(
-                Reason.PAYMENT_NOT_CANCELLABLE,
-                f"{payment.name} is {payment.status.name.lower()}; only a queued payment can be cancelled",
-                metadata={"name": payment.name, "status": f"PAYMENT_STATUS_{payment.status.name}"},
-            )
+            raise _not_open(payment, "only a queued payment can be cancelled")
         self._release(group, payment, PaymentStatus.CANCELLED, command.reason, "payment.cancelled")
         return payment
 
@@ -672,11 +660,7 @@ class Engine:
     def _complete_payment(self, command: CompletePayment, group: _Group) -> Payment:
         payment = self._find_payment(group, command.payment_id)
         if payment.status not in (PaymentStatus.QUEUED, PaymentStatus.PROCESSING):
-            raise ApiError(
-                Reason.PAYMENT_NOT_CANCELLABLE,
-                f"{payment.name} is already {payment.status.name.lower()}",
-                metadata={"name": payment.name, "status": f"PAYMENT_STATUS_{payment.status.name}"},
-            )
+            raise _not_open(payment, "it is settled or ended already")
         write = group.write
         balance = self._balance(group, payment.payer, payment.token)
         balance.reserved -= payment.debit
@@ -708,11 +692,7 @@ class Engine:
     def _fail_payment(self, command: FailPayment, group: _Group) -> Payment:
         payment = self._find_payment(group, command.payment_id)
         if payment.status not in (PaymentStatus.QUEUED, PaymentStatus.PROCESSING):
-            raise ApiError(
-                Reason.PAYMENT_NOT_CANCELLABLE,
-                f"{payment.name} is already {payment.status.name.lower()}",
-                metadata={"name": payment.name, "status": f"PAYMENT_STATUS_{payment.status.name}"},
-            )
+            raise _not_open(payment, "it is settled or ended already")
         self._release(group, payment, PaymentStatus.FAILED, command.reason, "payment.failed")
         return payment
 
@@ -780,6 +760,15 @@ def _load(
     balances = load_accounts(connection, keys)
     connection.rollback()  # end the read transaction: the next read sees newer commits
     return records, found, balances
+
+
+def _not_open(payment: Payment, why: str) -> ApiError:
+    """FAILED_PRECONDITION: the payment is past the state the command needs."""
+    return ApiError(
+        Reason.PAYMENT_NOT_CANCELLABLE,
+        f"{payment.name} is {payment.status.name.lower()}; {why}",
+        metadata={"name": payment.name, "status": f"PAYMENT_STATUS_{payment.status.name}"},
+    )
 
 
 def _checkpoint(connection: Connection) -> None:
