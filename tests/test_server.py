@@ -16,6 +16,7 @@ from grpc_status import rpc_status
 from agentflow_payments import ERROR_DOMAIN, AgentflowError, AsyncClient, NotFound, RateLimited, Reason, Unimplemented
 from agentflow_payments.v1 import accounts_pb2, admin_pb2, admin_pb2_grpc, events_pb2, payments_pb2
 from agentflow_server.app import SERVICE_NAMES, StartupError
+from agentflow_server.engine.commands import CreditDeposit
 
 from .conftest import ALICE, BOB, CreateKey, RunningServer, StartServer
 
@@ -153,8 +154,11 @@ async def test_a_second_server_on_the_same_port_fails_loudly(
 
 async def test_metrics_endpoint_serves_prometheus_text(start_server: StartServer) -> None:
     server = await start_server(metrics_listen="127.0.0.1:0")
+    engine = server.service.engine
+    await engine.execute(CreditDeposit(ALICE, ALICE, engine.tokens.get("USDC"), 5 * 10**6, "0x" + "1" * 64, 0, 1))
     async with server.client() as client:
         await client.accounts.ListTokens(READ)
+        await client.payments.SubmitPayment(_item())
     async with server.client(api_key=None) as anonymous:
         with pytest.raises(AgentflowError):
             await anonymous.accounts.ListTokens(READ)
@@ -176,6 +180,10 @@ async def test_metrics_endpoint_serves_prometheus_text(start_server: StartServer
     subscribe = "/agentflow.payments.v1.EventService/SubscribeEvents"
     assert f'agentflow_rpc_requests_total{{code="UNAUTHENTICATED",method="{subscribe}"}} 1.0' in body
     assert f'agentflow_rpc_duration_seconds_count{{method="{subscribe}"}}' not in body
+    assert 'agentflow_settlement_queue_depth{token="USDC"} 1.0' in body
+    assert 'agentflow_settlement_queue_depth{token="ETH"} 0.0' in body
+    assert "agentflow_engine_commit_seconds_count 2.0" in body  # the deposit's group, the payment's group
+    assert "agentflow_engine_group_commands_sum 2.0" in body
 
 
 async def test_a_ledger_that_refuses_writes_answers_unavailable_and_changes_nothing(

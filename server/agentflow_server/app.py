@@ -125,6 +125,7 @@ class Service:
             database = await Database.open(settings.ledger_url)
         except Exception as error:
             raise StartupError(f"cannot open the ledger at {settings.ledger_url}: {error}") from error
+        metrics = Metrics()
         engine = Engine(
             database,
             tokens,
@@ -134,8 +135,8 @@ class Service:
                 max_queue_size=settings.max_queue_size,
                 fee_schedule=fee_schedule,
             ),
+            metrics=metrics,
         )
-        metrics = Metrics()
         limiter = RateLimiter()
         registry = ApiKeyRegistry(ApiKeyStore(database), limiter)
         default_limit = (settings.rate_limit_per_minute, settings.rate_limit_burst)

@@ -42,3 +42,26 @@ class Metrics:
             "API keys that are neither revoked nor expired.",
             registry=self.registry,
         )
+        self.group_commands = Histogram(
+            "agentflow_engine_group_commands",
+            "Commands per engine group commit.",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+            registry=self.registry,
+        )
+        self.group_commit_seconds = Histogram(
+            "agentflow_engine_commit_seconds",
+            "Time to write and durably commit one engine group.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.group_failures = Counter(
+            "agentflow_engine_failed_groups",
+            "Engine groups whose commit failed (every command in them was refused).",
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "agentflow_settlement_queue_depth",
+            "Payments waiting for settlement, by token.",
+            ["token"],
+            registry=self.registry,
+        )

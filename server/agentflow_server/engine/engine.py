@@ -40,6 +40,7 @@ from ..ledger.group import (
 )
 from ..ledger.payments import load_payments
 from ..ledger.schema import payments, volume_daily
+from ..metrics import Metrics
 from ..tokens import Token, TokenRegistry
 from ..wire import deposit_message, payment_bytes
 from .commands import CancelPayment, Command, CompletePayment, CreditDeposit, FailPayment, SubmitPayment
@@ -125,11 +126,13 @@ class Engine:
         tokens: TokenRegistry,
         config: EngineConfig | None = None,
         base_fee_ratio_bps: Callable[[], int | None] = lambda: None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._database = database
         self.tokens = tokens
         self.config = config or EngineConfig()
         self._base_fee_ratio_bps = base_fee_ratio_bps
+        self._metrics = metrics
         self.queues: dict[str, SettlementQueue] = {
             token.symbol: SettlementQueue(self.config.queue_policy) for token in tokens
         }
@@ -191,6 +194,9 @@ class Engine:
             await self._writer.run(lambda connection: connection.exec_driver_sql("PRAGMA wal_autocheckpoint=0"))
             self._checkpointer = self._database.thread_connection("agentflow-ledger-checkpoint")
             self._checkpoints = asyncio.create_task(self._checkpoint_forever(), name="agentflow-checkpoints")
+        if self._metrics is not None:
+            for symbol, queue in self.queues.items():
+                self._metrics.queue_depth.labels(symbol).set_function(queue.__len__)
         self._accepting = True
         self._task = asyncio.create_task(self._run(), name="agentflow-engine")
         log.info("engine started", extra={"event": "engine.started", "queued_payments": count})
@@ -355,15 +361,21 @@ class Engine:
         task.add_done_callback(self._commits.discard)
 
     async def _commit(self, group: _Group) -> None:
+        started = time.perf_counter()
         try:
             await self._writer.run(functools.partial(self._write, group.write, group.epoch))
         except BaseException as error:
+            if self._metrics is not None:
+                self._metrics.group_failures.inc()
             if group.failure is None:
                 self._fail_from(group, error)
             self._answer(group)
             if not isinstance(error, Exception):
                 raise
             return
+        if self._metrics is not None:
+            self._metrics.group_commit_seconds.observe(time.perf_counter() - started)
+            self._metrics.group_commands.observe(len(group.pending))
         # Commits happen in order, so this group is the oldest in flight.
         assert self._inflight[0] is group
         self._inflight.pop(0)
