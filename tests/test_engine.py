@@ -200,3 +200,15 @@ async def test_the_queue_bound_holds_while_groups_commit(tmp_path: Path) -> None
     finally:
         await engine.stop()
         await database.close()
+
+
+async def test_amounts_up_to_2_256_are_exact(engine: Engine, tmp_path: Path) -> None:
+    top = 2**256 - 1
+    await engine.execute(deposit(ALICE, top))
+    payment = await engine.execute(submit(amount=2**255))
+    assert isinstance(payment, Payment)
+    debit = 2**255 + payment.fee.total
+    assert stored_balances(tmp_path / "ledger.db")[(ALICE, "USDC")] == Balance(top - debit, debit, 0)
+    with sqlite3.connect(tmp_path / "ledger.db") as db:
+        (stored,) = db.execute("SELECT amount FROM payments").fetchone()
+    assert stored == str(2**255)  # 77 digits, not a float, not truncated at 2^63
