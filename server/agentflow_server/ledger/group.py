@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import operator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,8 +198,8 @@ def _update_payments(keys: tuple[str, ...]) -> Any:
 @dataclass(frozen=True)
 class _Compiled:
     sql: str
-    # Where each positional parameter comes from: (row index in the chunk, key).
-    positions: tuple[tuple[int, str], ...]
+    # The key of each parameter of one row, in the statement's order; rows follow one another.
+    row: Callable[[dict[str, Any]], tuple[Any, ...]]
 
 
 _compiled: dict[tuple[str, str, tuple[str, ...], int], _Compiled] = {}
@@ -213,14 +214,15 @@ def _statement(connection: Connection, name: str, keys: tuple[str, ...], count: 
         update = name == "payments_update"
         statement = _update_payments(keys) if update else _multi_row_insert(dialect.name, name, keys, count)
         compiled = statement.compile(dialect=dialect)
-        positions: list[tuple[int, str]] = []
-        for parameter in compiled.positiontup or ():
-            if update:
-                positions.append((0, parameter))
-            else:  # r{index}_{key}
-                index, _, key = parameter[1:].partition("_")
-                positions.append((int(index), key))
-        found = _compiled[cache_key] = _Compiled(compiled.string, tuple(positions))
+        parameters = list(compiled.positiontup or ())
+        # Inserts name their parameters r{row}_{key}; the first row's order is every row's.
+        order = parameters if update else [p.partition("_")[2] for p in parameters if p.startswith("r0_")]
+        assert len(parameters) == len(order) * (1 if update else count)
+        getter = operator.itemgetter(*order)
+        # itemgetter of one key returns the value itself, not a 1-tuple.
+        found = _compiled[cache_key] = _Compiled(
+            compiled.string, (lambda row: (getter(row),)) if len(order) == 1 else getter
+        )
     return found
 
 
@@ -242,7 +244,7 @@ def _execute_many(connection: Connection, name: str, rows: list[dict[str, Any]])
             row[column] = convert(row[column], dialect)
     if name == "payments_update":
         statement = _statement(connection, name, keys, 1)
-        connection.exec_driver_sql(statement.sql, [tuple(row[k] for _, k in statement.positions) for row in rows])
+        connection.exec_driver_sql(statement.sql, [statement.row(row) for row in rows])
         return
     most = max(1, min(512, _MAX_PARAMETERS // len(keys)))
     start = 0
@@ -250,8 +252,10 @@ def _execute_many(connection: Connection, name: str, rows: list[dict[str, Any]])
         remaining = len(rows) - start
         count = min(most, 1 << (remaining.bit_length() - 1))
         statement = _statement(connection, name, keys, count)
-        chunk = rows[start : start + count]
-        connection.exec_driver_sql(statement.sql, tuple(chunk[i][k] for i, k in statement.positions))
+        parameters: list[Any] = []
+        for row in rows[start : start + count]:
+            parameters.extend(statement.row(row))
+        connection.exec_driver_sql(statement.sql, tuple(parameters))
         start += count
 
 
