@@ -25,9 +25,9 @@ USDC = TOKENS.get("USDC")
 
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
-    # Small groups, so that several are applied in memory while earlier ones commit.
+    # Small groups and a pipeline, so that several are applied in memory while earlier ones commit.
     database = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
-    engine = Engine(database, TOKENS, EngineConfig(max_queue_size=100_000, max_group_size=16))
+    engine = Engine(database, TOKENS, EngineConfig(max_queue_size=100_000, max_group_size=16, max_inflight=2))
     await engine.start()
     yield engine
     await engine.stop()
@@ -188,7 +188,7 @@ async def test_fees_follow_the_payers_volume_and_the_queue_depth(tmp_path: Path)
 
 async def test_the_queue_bound_holds_while_groups_commit(tmp_path: Path) -> None:
     database = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'bound.db'}")
-    engine = Engine(database, TOKENS, EngineConfig(max_queue_size=50, max_group_size=16))
+    engine = Engine(database, TOKENS, EngineConfig(max_queue_size=50, max_group_size=16, max_inflight=2))
     await engine.start()
     try:
         await engine.execute(deposit(ALICE, 10**15))

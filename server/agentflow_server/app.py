@@ -133,6 +133,7 @@ class Service:
                 max_group_size=settings.group_max_size,
                 max_group_wait=settings.group_max_wait_ms / 1000,
                 max_queue_size=settings.max_queue_size,
+                max_inflight=settings.group_pipeline_depth,
                 fee_schedule=fee_schedule,
             ),
             metrics=metrics,

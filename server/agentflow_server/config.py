@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     group_max_wait_ms: float = Field(
         0.5, ge=0, le=1000, description="how long a commit group waits for more commands after its first"
     )
+    group_pipeline_depth: int = Field(
+        1, ge=1, le=8, description="engine groups committing at once; above 1 the next is applied meanwhile"
+    )
     fee_rate_bps: int = Field(30, ge=0, le=10_000, description="the base fee rate in basis points (30 is 0.3%)")
     min_fees: dict[str, int] = Field(
         default_factory=dict, description='minimum fee per token in base units, e.g. {"ETH": 1000000000000000}'
