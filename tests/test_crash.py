@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
 import sqlite3
+import subprocess
 import sys
 import uuid
 from collections import defaultdict
@@ -20,10 +22,12 @@ ACCOUNTS = 4
 DEPOSIT = 10**15
 
 
-async def _start(data_dir: Path) -> tuple[asyncio.subprocess.Process, dict[str, object]]:
+async def _start(data_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, object]]:
+    # A plain Popen, waited on in a thread: asyncio's child watcher can lose the exit status of a child
+    # killed with SIGKILL (it then reports 255).
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFLOW_")}
     env.update(AGENTFLOW_RATE_LIMIT_PER_MINUTE="100000000", AGENTFLOW_RATE_LIMIT_BURST="1000000")
-    process = await asyncio.create_subprocess_exec(
+    command = [
         sys.executable,
         str(ROOT / "scripts" / "funded_server.py"),
         "--data-dir",
@@ -32,13 +36,16 @@ async def _start(data_dir: Path) -> tuple[asyncio.subprocess.Process, dict[str, 
         str(ACCOUNTS),
         "--amount",
         str(DEPOSIT),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-    )
+    ]
+    process = await asyncio.to_thread(functools.partial(subprocess.Popen, command, env=env, stdout=subprocess.PIPE))
     assert process.stdout is not None
-    line = await asyncio.wait_for(process.stdout.readline(), 60)
+    line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 60)
     assert line, "the server did not start"
     return process, json.loads(line)
+
+
+async def _wait(process: subprocess.Popen[bytes]) -> int:
+    return await asyncio.wait_for(asyncio.to_thread(process.wait), 30)
 
 
 async def test_sigkill_loses_no_acknowledged_payment_and_half_writes_none(tmp_path: Path) -> None:
@@ -76,9 +83,9 @@ async def test_sigkill_loses_no_acknowledged_payment_and_half_writes_none(tmp_pa
             process.send_signal(signal.SIGKILL)
             await asyncio.wait_for(asyncio.gather(*workers), 30)
     finally:
-        if process.returncode is None:
+        if process.poll() is None:
             process.kill()
-        await process.wait()
+        await _wait(process)
     assert process.returncode == -signal.SIGKILL
     assert len(acknowledged) >= 300
 
@@ -92,7 +99,7 @@ async def test_sigkill_loses_no_acknowledged_payment_and_half_writes_none(tmp_pa
                 assert got.payment.status == payments_pb2.PAYMENT_STATUS_QUEUED
     finally:
         process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 30) == 0
+        assert await _wait(process) == 0
 
     with sqlite3.connect(tmp_path / "agentflow.db") as db:
         rows = db.execute("SELECT payment_id, request_id, payer, amount, fee_total FROM payments").fetchall()
