@@ -114,7 +114,7 @@ class AsyncClient:
         timeout: float | None = DEFAULT_TIMEOUT,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        # grpc-stubs types interceptor lists as a must-cast placeholder.
+        # grpc-stubs types the interceptors parameter too narrowly for a mixed list.
         interceptors: Sequence[Any] = [_UnaryInterceptor(api_key, timeout), _StreamInterceptor(api_key)]
         channel_options = [*_CHANNEL_OPTIONS, *options]
         if tls or root_certificates is not None:
