@@ -37,6 +37,20 @@ Stream = Callable[[Any, Context], AsyncIterator[Any]]
 HandlerContinuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
 
 
+class _WrappedHandlers:
+    """An interceptor's wrapped handlers, made once per method: everything a call needs besides the method
+    comes from its context, so the wrapper is the same for every call (grpc.aio asks for a handler on each)."""
+
+    def __init__(self) -> None:
+        self._by_method: dict[str, tuple[Handler, Handler]] = {}
+
+    def get(self, method: str, handler: Handler, wrap: Callable[[str, Handler], Handler]) -> Handler:
+        found = self._by_method.get(method)
+        if found is None or found[0] is not handler:
+            found = self._by_method[method] = (handler, wrap(method, handler))
+        return found[1]
+
+
 async def _responses(behavior: Stream, request: Any, context: Context) -> AsyncIterator[Any]:
     """The messages of a server-streaming handler, whichever of grpc.aio's two styles it uses: an async
     generator, or a coroutine that writes with ``context.write`` (the health service's Watch)."""
@@ -78,6 +92,7 @@ class ErrorInterceptor(ServerInterceptor):
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
+        self._wrapped = _WrappedHandlers()
 
     async def intercept_service(
         self, continuation: HandlerContinuation, handler_call_details: grpc.HandlerCallDetails
@@ -86,6 +101,9 @@ class ErrorInterceptor(ServerInterceptor):
         if handler is None:
             return None
         method: str = handler_call_details.method
+        return self._wrapped.get(method, handler, self._wrap)
+
+    def _wrap(self, method: str, handler: Handler) -> Handler:
         metrics = self._metrics
 
         def unary(behavior: Unary) -> Unary:
@@ -178,6 +196,7 @@ class AuthInterceptor(ServerInterceptor):
         self._registry = registry
         self._limiter = limiter
         self._metrics = metrics
+        self._wrapped = _WrappedHandlers()
 
     def _admit(self, method: str, secret: str | None, peer: str, request: Any) -> Principal:
         policy = POLICIES.get(method)
@@ -221,11 +240,14 @@ class AuthInterceptor(ServerInterceptor):
         method: str = handler_call_details.method
         if handler is None or is_public(method):
             return handler
-        secret = _bearer(handler_call_details.invocation_metadata)
+        return self._wrapped.get(method, handler, self._wrap)
+
+    def _wrap(self, method: str, handler: Handler) -> Handler:
         admit = self._admit
 
         def unary(behavior: Unary) -> Unary:
             async def call(request: Any, context: Context) -> Any:
+                secret = _bearer(context.invocation_metadata())
                 token = set_principal(admit(method, secret, context.peer(), request))
                 try:
                     return await behavior(request, context)
@@ -236,6 +258,7 @@ class AuthInterceptor(ServerInterceptor):
 
         def stream(behavior: Stream) -> Stream:
             async def call(request: Any, context: Context) -> AsyncIterator[Any]:
+                secret = _bearer(context.invocation_metadata())
                 token = set_principal(admit(method, secret, context.peer(), request))
                 try:
                     async for response in _responses(behavior, request, context):
