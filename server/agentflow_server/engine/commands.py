@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 
 from ..tokens import Token
@@ -31,17 +30,18 @@ class SubmitPayment:
 
     def request_hash(self) -> str:
         """What the request means, as a digest: the same request_id with another meaning is a conflict."""
-        meaning = [
+        fields = [
             self.payer,
             self.payee,
             self.token.symbol,
             str(self.amount),
-            int(self.priority),
+            str(int(self.priority)),
             self.task_id,
             self.memo,
-            sorted(self.metadata),
+            *(part for pair in sorted(self.metadata) for part in pair),
         ]
-        return hashlib.sha256(json.dumps(meaning, separators=(",", ":")).encode()).hexdigest()
+        # Each field prefixed by its length, so no choice of values makes two requests read the same.
+        return hashlib.sha256("".join(f"{len(f)}:{f}" for f in fields).encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
