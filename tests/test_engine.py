@@ -212,3 +212,22 @@ async def test_amounts_up_to_2_256_are_exact(engine: Engine, tmp_path: Path) -> 
     with sqlite3.connect(tmp_path / "ledger.db") as db:
         (stored,) = db.execute("SELECT amount FROM payments").fetchone()
     assert stored == str(2**255)  # 77 digits, not a float, not truncated at 2^63
+
+
+def test_request_hash_tells_every_field_apart() -> None:
+    base = SubmitPayment(ALICE, BOB, USDC, 10, Priority.NORMAL, "task", "memo", (("k", "v"),), "r")
+    variants = [
+        SubmitPayment(BOB, ALICE, USDC, 10, Priority.NORMAL, "task", "memo", (("k", "v"),), "r"),
+        SubmitPayment(ALICE, BOB, TOKENS.get("DAI"), 10, Priority.NORMAL, "task", "memo", (("k", "v"),), "r"),
+        SubmitPayment(ALICE, BOB, USDC, 11, Priority.NORMAL, "task", "memo", (("k", "v"),), "r"),
+        SubmitPayment(ALICE, BOB, USDC, 10, Priority.HIGH, "task", "memo", (("k", "v"),), "r"),
+        # The same characters split differently between fields must not collide.
+        SubmitPayment(ALICE, BOB, USDC, 10, Priority.NORMAL, "taskm", "emo", (("k", "v"),), "r"),
+        SubmitPayment(ALICE, BOB, USDC, 10, Priority.NORMAL, "task", "memo", (("kv", ""),), "r"),
+        SubmitPayment(ALICE, BOB, USDC, 10, Priority.NORMAL, "task", "memo", (), "r"),
+    ]
+    hashes = {base.request_hash(), *(v.request_hash() for v in variants)}
+    assert len(hashes) == 1 + len(variants)
+    # The request id itself and the batch it came in are not part of what the request means.
+    same = SubmitPayment(ALICE, BOB, USDC, 10, Priority.NORMAL, "task", "memo", (("k", "v"),), "other", 50)
+    assert same.request_hash() == base.request_hash()
