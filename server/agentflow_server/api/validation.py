@@ -86,6 +86,8 @@ class Fields:
 
     def metadata(self, field: str, value: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
         """Bounded key/value metadata, as sorted pairs."""
+        if not value:  # the common case; iterating even an empty protobuf map is not free
+            return ()
         if len(value) > MAX_METADATA_ENTRIES:
             self.add(field, f"must hold at most {MAX_METADATA_ENTRIES} entries")
             return ()

@@ -10,6 +10,7 @@ cache equals the database after every commit, and is rolled back with the transa
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import datetime
@@ -156,7 +157,8 @@ class Engine:
         self._group_seq = 0
         # Payments accepted by groups still committing: the queue holds them only once they commit.
         self._inflight_queued: Counter[str] = Counter()
-        self._commits: set[asyncio.Task[None]] = set()
+        # Commit tasks in the order they were started (commits happen in that order too).
+        self._commits: collections.deque[asyncio.Task[None]] = collections.deque()
         # Bumped after a failed commit; writes of older epochs queued behind it refuse (see _write).
         self._epoch = 0
         self._failed_epoch = -1
@@ -299,8 +301,7 @@ class Engine:
                 break
             # Wait for room in the pipeline before gathering the rest: commands keep arriving meanwhile,
             # so a busy engine commits fewer, larger groups instead of queueing many small ones.
-            while len(self._commits) >= self.config.max_inflight:
-                await asyncio.wait(self._commits, return_when=asyncio.FIRST_COMPLETED)
+            await self._wait_for_commits(self.config.max_inflight - 1)
             group = [first]
             deadline = loop.time() + self.config.max_group_wait
             while len(group) < self.config.max_group_size:
@@ -323,8 +324,15 @@ class Engine:
             except Exception:
                 # _apply answers every caller itself; anything reaching here is a bug, not a reason to stop.
                 log.exception("engine group failed")
-        if self._commits:
-            await asyncio.wait(self._commits)
+        await self._wait_for_commits(0)
+
+    async def _wait_for_commits(self, most: int) -> None:
+        """Wait until at most ``most`` commits are under way (they finish in the order they started)."""
+        commits = self._commits
+        while commits and commits[0].done():
+            commits.popleft()
+        while len(commits) > most:
+            await commits.popleft()  # _commit answers its callers itself and raises no Exception
 
     async def _apply(self, pending: list[_Pending]) -> None:
         """Apply a group in memory and start its commit; the callers are answered when it commits."""
@@ -360,8 +368,7 @@ class Engine:
         for payment in (*group.write.new_payments, *group.write.changed_payments.values()):
             self._inflight_payments[payment.payment_id] = (group.seq, payment)
         task = asyncio.create_task(self._commit(group))
-        self._commits.add(task)
-        task.add_done_callback(self._commits.discard)
+        self._commits.append(task)
 
     async def _commit(self, group: _Group) -> None:
         started = time.perf_counter()

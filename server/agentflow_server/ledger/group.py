@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -259,6 +260,7 @@ def _execute_many(connection: Connection, name: str, rows: list[dict[str, Any]])
         start += count
 
 
+@functools.cache
 def _amount_columns(name: str) -> frozenset[str]:
     table = payments if name == "payments_update" else _INSERTS[name][0]
     prefix = "b_" if name == "payments_update" else ""
