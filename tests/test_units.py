@@ -169,3 +169,14 @@ def test_every_reason_has_a_code_and_a_description() -> None:
         assert isinstance(reason.code, grpc.StatusCode)
         assert reason.code is not grpc.StatusCode.OK
         assert reason.description.endswith(".")
+
+
+@pytest.mark.parametrize("time_us", [0, 1, 999_999, 1_000_000, 1_795_535_137_866_845, -1, -1_500_000])
+def test_timestamps_match_protobufs_own_conversion(time_us: int) -> None:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from agentflow_server.wire import timestamp
+
+    expected = Timestamp()
+    expected.FromMicroseconds(time_us)
+    assert timestamp(time_us) == expected

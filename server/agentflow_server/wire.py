@@ -14,9 +14,9 @@ from .engine.model import Deposit, Payment
 
 def timestamp(time_us: int) -> timestamp_pb2.Timestamp:
     """A Timestamp from integer microseconds since the epoch."""
-    result = timestamp_pb2.Timestamp()
-    result.FromMicroseconds(time_us)
-    return result
+    # Direct fields: Timestamp.FromMicroseconds is pure Python and showed in the hot path's profile.
+    seconds, micros = divmod(time_us, 1_000_000)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=micros * 1000)
 
 
 def fee_message(fee: Fee, token: str) -> common_pb2.FeeBreakdown:
