@@ -242,16 +242,19 @@ class Engine:
     async def execute_many(self, commands: Sequence[Command]) -> list[Result | ApiError]:
         """Apply several commands, which join the same group; each succeeds or fails alone."""
         futures = self._submit(commands)
-        await asyncio.wait(futures)
         results: list[Result | ApiError] = []
-        for future in futures:
-            error = future.exception()
-            if error is None:
-                results.append(future.result())
-            elif isinstance(error, ApiError):
+        # Awaited one by one, in order: most are done by the time the first is (one group answers them all),
+        # and asyncio.wait would build a set and a callback for each.
+        for index, future in enumerate(futures):
+            try:
+                results.append(await future)
+            except ApiError as error:
                 results.append(error)
-            else:
-                raise error
+            except BaseException:
+                # The group failed as a whole: the caller gets this error, and the others are consumed.
+                for rest in futures[index + 1 :]:
+                    rest.add_done_callback(_consume)
+                raise
         return results
 
     def _submit(self, commands: Sequence[Command]) -> list[asyncio.Future[Result]]:
@@ -791,6 +794,11 @@ def _not_open(payment: Payment, why: str) -> ApiError:
         f"{payment.name} is {payment.status.name.lower()}; {why}",
         metadata={"name": payment.name, "status": f"PAYMENT_STATUS_{payment.status.name}"},
     )
+
+
+def _consume(future: asyncio.Future[Result]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _checkpoint(connection: Connection) -> None:
