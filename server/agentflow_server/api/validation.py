@@ -62,13 +62,12 @@ class Fields:
         if not value:
             self.add(field, f"is required: one of {', '.join(t.symbol for t in self._tokens)}")
             return None
-        if value not in self._tokens:
+        try:
+            return self._tokens.get(value, self._prefix + field)
+        except ApiError as refusal:  # the registry's own INVALID_TOKEN refusal, collected with the rest
             self._token_violation = True
-            self.add(
-                field, f"{value!r} is not an accepted token; use one of {', '.join(t.symbol for t in self._tokens)}"
-            )
+            self.violations.extend(refusal.field_violations)
             return None
-        return self._tokens.get(value)
 
     def text(self, field: str, value: str, limit: int, *, single_line: bool = False) -> str:
         """A bounded free-form string."""

@@ -21,9 +21,6 @@ class PaymentStatus(enum.IntEnum):
     CANCELLED = 5
 
 
-FINAL_STATUSES = frozenset({PaymentStatus.COMPLETED, PaymentStatus.FAILED, PaymentStatus.CANCELLED})
-
-
 class Priority(enum.IntEnum):
     """How urgently a payment should reach the chain (the API's Priority)."""
 
