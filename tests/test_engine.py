@@ -12,7 +12,7 @@ import pytest
 from agentflow_payments import Reason
 from agentflow_server.engine.commands import CompletePayment, CreditDeposit, FailPayment, SubmitPayment
 from agentflow_server.engine.engine import Engine, EngineConfig
-from agentflow_server.engine.model import CHAIN, Balance, Deposit, Payment, PaymentStatus, Priority
+from agentflow_server.engine.model import CHAIN, FEES, Balance, Deposit, Payment, PaymentStatus, Priority
 from agentflow_server.errors import ApiError
 from agentflow_server.ledger import Database, StorageError
 from agentflow_server.tokens import TokenRegistry
@@ -89,12 +89,15 @@ async def test_completed_payments_leave_the_ledger_and_failed_ones_come_back(eng
         await engine.execute(FailPayment(paid.payment_id, "late"))
     assert final.value.reason is Reason.PAYMENT_NOT_CANCELLABLE
     path = tmp_path / "ledger.db"
-    # Alice keeps what did not settle; the settled amount and its fee (the 0.01 USDC minimum) went to the chain.
+    # Alice keeps what did not settle; the settled amount went to the chain and its fee (the 0.01 USDC
+    # minimum) to the fees the contract holds until it pays them out.
     assert stored_balances(path)[(ALICE, "USDC")] == Balance(100_000_000 - 1_010_000, 0, 0)
+    assert stored_balances(path)[(FEES, "USDC")] == Balance(10_000, 0, 0)
     sums = journal_sums(path)
     assert sums[(ALICE, 1)] == 100_000_000 - 1_010_000
     assert sums[(ALICE, 2)] == 0
-    assert sums[(CHAIN, 1)] == -100_000_000 + 1_010_000
+    assert sums[(FEES, 1)] == 10_000
+    assert sums[(CHAIN, 1)] == -100_000_000 + 1_000_000
     assert sum(sums.values()) == 0
 
 

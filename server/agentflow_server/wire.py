@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 
 from google.protobuf import timestamp_pb2
 
 from agentflow_payments.v1 import accounts_pb2, common_pb2, payments_pb2
 
 from .engine.fees import Fee
-from .engine.model import Deposit, Payment
+from .engine.model import Batch, Deposit, Payment
 
 
 def timestamp(time_us: int) -> timestamp_pb2.Timestamp:
@@ -105,3 +106,34 @@ def deposit_message(deposit: Deposit) -> accounts_pb2.Deposit:
         block_number=deposit.block_number,
         confirm_time=timestamp(deposit.confirm_time_us),
     )
+
+
+def batch_message(batch: Batch, payments: Iterable[Payment]) -> payments_pb2.Batch:
+    """A batch as the API shows it; ``payments`` are its payments (for the per-token totals)."""
+    totals: dict[str, list[int]] = {}
+    for payment in payments:
+        count_amount_fee = totals.setdefault(payment.token, [0, 0, 0])
+        count_amount_fee[0] += 1
+        count_amount_fee[1] += payment.amount
+        count_amount_fee[2] += payment.fee.total
+    message = payments_pb2.Batch(
+        name=batch.name,
+        chain_batch_id=batch.chain_batch_id,
+        status=int(batch.status),  # type: ignore[arg-type]
+        payments=[f"payments/{payment_id}" for payment_id in batch.payment_ids],
+        totals=[
+            payments_pb2.BatchTokenTotal(token=token, payment_count=count, amount=str(amount), fee=str(fee))
+            for token, (count, amount, fee) in sorted(totals.items())
+        ],
+        transaction_hash=batch.transaction_hash or (batch.transactions[-1].hash if batch.transactions else ""),
+        block_number=batch.block_number or 0,
+        gas_used=str(batch.gas_used) if batch.gas_used is not None else "",
+        attempts=batch.attempts,
+        failure_reason=batch.failure_reason,
+        create_time=timestamp(batch.create_time_us),
+    )
+    if batch.submit_time_us is not None:
+        message.submit_time.CopyFrom(timestamp(batch.submit_time_us))
+    if batch.confirm_time_us is not None:
+        message.confirm_time.CopyFrom(timestamp(batch.confirm_time_us))
+    return message

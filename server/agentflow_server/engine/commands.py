@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass
 
 from ..tokens import Token
-from .model import Priority
+from .model import Batch, Priority
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,4 +91,59 @@ class FailPayment:
     reason: str
 
 
-Command = SubmitPayment | CancelPayment | CreditDeposit | CompletePayment | FailPayment
+@dataclass(frozen=True, slots=True)
+class SetChainState:
+    """Record chain facts (the chain's identity, how far a watcher read), in the order of the commands
+    before it: a watcher's position is committed only once what it credited is."""
+
+    values: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OpenBatch:
+    """Form a batch: each named payment still queued goes PROCESSING and leaves the queue; the others
+    (cancelled meanwhile) are left out. The result is the batch as written, before anything is sent."""
+
+    batch_id: str
+    chain_batch_id: int
+    payment_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordBatch:
+    """Write a batch's progress (a transaction signed or sent, an attempt counted); payments unchanged."""
+
+    batch: Batch
+
+
+@dataclass(frozen=True, slots=True)
+class SettleBatch:
+    """A batch's transaction reached its confirmations: its payments complete. Items whose payee could not
+    receive (``credited``) are credited to the payee in the ledger, as the contract did; items the contract
+    skipped (``skipped``) fail with their reservation released. Indexes are item positions."""
+
+    batch: Batch
+    credited: frozenset[int]
+    skipped: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class FailBatch:
+    """A batch could not be settled after its retries: its payments fail and their reservations go back."""
+
+    batch: Batch
+    reason: str
+
+
+Command = (
+    SubmitPayment
+    | CancelPayment
+    | CreditDeposit
+    | CompletePayment
+    | FailPayment
+    | SetChainState
+    | OpenBatch
+    | RecordBatch
+    | SettleBatch
+    | FailBatch
+)

@@ -43,8 +43,20 @@ from ..ledger.payments import load_payments
 from ..ledger.schema import payments, volume_daily
 from ..metrics import Metrics
 from ..tokens import Token, TokenRegistry
-from ..wire import deposit_message, payment_bytes
-from .commands import CancelPayment, Command, CompletePayment, CreditDeposit, FailPayment, SubmitPayment
+from ..wire import batch_message, deposit_message, payment_bytes
+from .commands import (
+    CancelPayment,
+    Command,
+    CompletePayment,
+    CreditDeposit,
+    FailBatch,
+    FailPayment,
+    OpenBatch,
+    RecordBatch,
+    SetChainState,
+    SettleBatch,
+    SubmitPayment,
+)
 from .fees import (
     Fee,
     FeeSchedule,
@@ -55,7 +67,10 @@ from .fees import (
 )
 from .model import (
     CHAIN,
+    FEES,
     Balance,
+    Batch,
+    BatchStatus,
     Bucket,
     Deposit,
     Payment,
@@ -69,7 +84,7 @@ from .volume import WINDOW_DAYS, VolumeWindow, day_of
 
 log = logging.getLogger("agentflow.engine")
 
-Result = Payment | Deposit
+Result = Payment | Deposit | Batch | None
 
 
 @dataclass(frozen=True)
@@ -463,7 +478,11 @@ class Engine:
             elif isinstance(command, CreditDeposit):
                 idempotency_keys.append(_deposit_key(command))
                 account_keys.add((command.beneficiary, command.token.symbol))
-            else:
+            elif isinstance(command, OpenBatch):
+                payment_ids.update(command.payment_ids)
+            elif isinstance(command, (SettleBatch, FailBatch)):
+                payment_ids.update(command.batch.payment_ids)
+            elif isinstance(command, (CancelPayment, CompletePayment, FailPayment)):
                 payment_ids.add(command.payment_id)
         missing = {key for key in account_keys if key not in self._balances}
         # What groups still committing made is not in the database yet: take it from them. (Taken before the
@@ -521,7 +540,20 @@ class Engine:
             return self._credit_deposit(command, group)
         if isinstance(command, CompletePayment):
             return self._complete_payment(command, group)
-        return self._fail_payment(command, group)
+        if isinstance(command, FailPayment):
+            return self._fail_payment(command, group)
+        if isinstance(command, SetChainState):
+            group.write.chain_state.update(command.values)
+            return None
+        if isinstance(command, OpenBatch):
+            return self._open_batch(command, group)
+        if isinstance(command, RecordBatch):
+            command.batch.update_time_us = group.write.time_us
+            group.write.batch(command.batch)
+            return command.batch
+        if isinstance(command, SettleBatch):
+            return self._settle_batch(command, group)
+        return self._fail_batch(command, group)
 
     # -- the commands -------------------------------------------------------------------------------
 
@@ -686,33 +718,137 @@ class Engine:
         payment = self._find_payment(group, command.payment_id)
         if payment.status not in (PaymentStatus.QUEUED, PaymentStatus.PROCESSING):
             raise _not_open(payment, "it is settled or ended already")
-        write = group.write
-        balance = self._balance(group, payment.payer, payment.token)
-        balance.reserved -= payment.debit
-        reserved = (payment.payer, Bucket.RESERVED)
-        write.transfer(
-            TransferKind.PAYMENT_SETTLE,
-            payment.token,
-            reserved,
-            (CHAIN, Bucket.AVAILABLE),
-            payment.amount,
-            payment.name,
-        )
-        if payment.fee.total:
-            write.transfer(
-                TransferKind.FEE, payment.token, reserved, (CHAIN, Bucket.AVAILABLE), payment.fee.total, payment.name
-            )
-        payment.batch_id = command.batch_id
-        payment.settlement = Settlement(
+        settlement = Settlement(
             batch_id=command.batch_id,
             transaction_hash=command.transaction_hash,
             block_number=command.block_number,
             gas_used=command.gas_used,
             gas_cost_wei=command.gas_cost_wei,
-            complete_time_us=write.time_us,
+            complete_time_us=group.write.time_us,
         )
-        self._finish(group, payment, PaymentStatus.COMPLETED, "", "payment.completed")
+        self._settle(group, payment, settlement, payee_credited=False)
         return payment
+
+    def _settle(self, group: _Group, payment: Payment, settlement: Settlement, payee_credited: bool) -> None:
+        """The payment reached the chain: its reservation leaves the payer. The amount left the contract to
+        the payee (or stayed in it, credited to the payee, when the payee could not receive); the fee
+        stays in the contract as accrued fees until paid out."""
+        write = group.write
+        balance = self._balance(group, payment.payer, payment.token)
+        balance.reserved -= payment.debit
+        reserved = (payment.payer, Bucket.RESERVED)
+        if payee_credited:
+            self._balance(group, payment.payee, payment.token).available += payment.amount
+            destination = (payment.payee, Bucket.AVAILABLE)
+        else:
+            destination = (CHAIN, Bucket.AVAILABLE)
+        write.transfer(TransferKind.PAYMENT_SETTLE, payment.token, reserved, destination, payment.amount, payment.name)
+        if payment.fee.total:
+            self._balance(group, FEES, payment.token).available += payment.fee.total
+            write.transfer(
+                TransferKind.FEE, payment.token, reserved, (FEES, Bucket.AVAILABLE), payment.fee.total, payment.name
+            )
+        payment.batch_id = settlement.batch_id
+        payment.settlement = settlement
+        self._finish(group, payment, PaymentStatus.COMPLETED, "", "payment.completed")
+
+    # -- batches --------------------------------------------------------------------------------------
+
+    def _open_batch(self, command: OpenBatch, group: _Group) -> Batch:
+        write = group.write
+        accepted: list[str] = []
+        for payment_id in command.payment_ids:
+            payment = group.payments.get(payment_id)
+            # Cancelled (or taken by another batch) since the stage picked it: left out.
+            if payment is None or payment.status is not PaymentStatus.QUEUED or not self._in_queue(group, payment):
+                continue
+            payment.status = PaymentStatus.PROCESSING
+            payment.batch_id = command.batch_id
+            payment.update_time_us = write.time_us
+            write.changed_payments[payment_id] = payment
+            write.event(
+                "payment.processing",
+                payment.name,
+                (payment.payer, payment.payee),
+                payment.task_id,
+                payment_bytes(payment),
+            )
+            if payment_id in self.queues[payment.token]:
+                group.removals.append(payment)
+            accepted.append(payment_id)
+        batch = Batch(
+            batch_id=command.batch_id,
+            chain_batch_id=command.chain_batch_id,
+            status=BatchStatus.PENDING,
+            payment_ids=accepted,
+            create_time_us=write.time_us,
+            update_time_us=write.time_us,
+        )
+        if accepted:
+            write.batch(batch)
+        return batch
+
+    def _batch_payments(self, group: _Group, batch: Batch) -> list[Payment | None]:
+        """The batch's payments in item order; None for one already ended (a settlement recorded twice)."""
+        found: list[Payment | None] = []
+        for payment_id in batch.payment_ids:
+            payment = group.payments.get(payment_id)
+            if payment is None or payment.status is not PaymentStatus.PROCESSING or payment.batch_id != batch.batch_id:
+                found.append(None)
+            else:
+                found.append(payment)
+        return found
+
+    def _settle_batch(self, command: SettleBatch, group: _Group) -> Batch:
+        write = group.write
+        batch = command.batch
+        if batch.transaction_hash is None or batch.block_number is None:
+            raise ValueError(f"{batch.name} has no mined transaction to settle with")
+        count = len(batch.payment_ids)
+        gas_used, gas_price = batch.gas_used or 0, batch.gas_price or 0
+        for index, payment in enumerate(self._batch_payments(group, batch)):
+            if payment is None:
+                continue
+            if index in command.skipped:
+                self._release(
+                    group,
+                    payment,
+                    PaymentStatus.FAILED,
+                    "the payer's deposit no longer covered it on chain (an exit), so the contract skipped it",
+                    "payment.failed",
+                )
+                continue
+            # Each payment's share of the gas; the first ones carry the remainder.
+            share = gas_used // count + (1 if index < gas_used % count else 0)
+            settlement = Settlement(
+                batch_id=batch.batch_id,
+                transaction_hash=batch.transaction_hash,
+                block_number=batch.block_number,
+                gas_used=share,
+                gas_cost_wei=share * gas_price,
+                complete_time_us=write.time_us,
+            )
+            self._settle(group, payment, settlement, payee_credited=index in command.credited)
+        batch.status = BatchStatus.CONFIRMED
+        batch.confirm_time_us = batch.update_time_us = write.time_us
+        write.batch(batch)
+        payments = [p for p in group.payments.values() if p.batch_id == batch.batch_id]
+        write.event("batch.completed", batch.name, (), "", batch_message(batch, payments).SerializeToString())
+        return batch
+
+    def _fail_batch(self, command: FailBatch, group: _Group) -> Batch:
+        write = group.write
+        batch = command.batch
+        for payment in self._batch_payments(group, batch):
+            if payment is not None:
+                self._release(group, payment, PaymentStatus.FAILED, command.reason, "payment.failed")
+        batch.status = BatchStatus.FAILED
+        batch.failure_reason = command.reason
+        batch.update_time_us = write.time_us
+        write.batch(batch)
+        payments = [p for p in group.payments.values() if p.batch_id == batch.batch_id]
+        write.event("batch.failed", batch.name, (), "", batch_message(batch, payments).SerializeToString())
+        return batch
 
     def _fail_payment(self, command: FailPayment, group: _Group) -> Payment:
         payment = self._find_payment(group, command.payment_id)

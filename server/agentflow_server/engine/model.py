@@ -124,3 +124,55 @@ class Deposit:
     def name(self) -> str:
         """The resource name, ``deposits/{transaction_hash}-{log_index}``."""
         return f"deposits/{self.transaction_hash}-{self.log_index}"
+
+
+FEES = "@fees"
+"""The pseudo-address holding settled fees until the contract pays them out to the fee recipients."""
+
+
+class BatchStatus(enum.IntEnum):
+    """Where a settlement batch is (the API's BatchStatus)."""
+
+    PENDING = 1
+    SUBMITTED = 2
+    CONFIRMED = 3
+    FAILED = 4
+
+
+@dataclass(frozen=True, slots=True)
+class SentTransaction:
+    """One signed version of a batch's transaction, kept so it can be sent again after a restart."""
+
+    hash: str
+    raw: str
+    nonce: int
+    gas: int
+    max_fee_per_gas: int
+    max_priority_fee_per_gas: int
+
+
+@dataclass(slots=True)
+class Batch:
+    """A settlement batch: one call of the contract's ``settle``, carrying payments in item order."""
+
+    batch_id: str
+    chain_batch_id: int
+    status: BatchStatus
+    payment_ids: list[str]
+    create_time_us: int
+    update_time_us: int
+    transactions: list[SentTransaction] = field(default_factory=list)
+    attempts: int = 0
+    transaction_hash: str | None = None
+    block_number: int | None = None
+    block_hash: str | None = None
+    gas_used: int | None = None
+    gas_price: int | None = None
+    failure_reason: str = ""
+    submit_time_us: int | None = None
+    confirm_time_us: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The resource name, ``batches/{batch_id}``."""
+        return f"batches/{self.batch_id}"

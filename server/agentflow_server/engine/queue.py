@@ -74,6 +74,16 @@ class SettlementQueue:
         self._compact()
         return taken
 
+    def peek(self, count: int) -> list[tuple[float, str]]:
+        """The first ``count`` payments and their deadlines, in order, left in the queue."""
+        want = count
+        while True:
+            front = heapq.nsmallest(want, self._heap)
+            live = [(deadline, pid) for deadline, counter, pid in front if self._live.get(pid) == counter]
+            if len(live) >= count or len(front) < want:
+                return live[:count]
+            want *= 2
+
     def _compact(self) -> None:
         # Removed entries stay in the heap until popped; rebuild when they are most of it.
         if len(self._heap) > 1024 and len(self._heap) > 2 * len(self._live):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import operator
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -12,9 +14,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from ..engine.model import Balance, Payment
+from ..engine.model import Balance, Batch, Payment
 from .payments import payment_row
-from .schema import accounts, events, idempotency, payments, transfers, volume_daily
+from .schema import accounts, batches, chain_state, events, idempotency, payments, transfers, volume_daily
 from .types import Amount
 
 AccountKey = tuple[str, str]
@@ -42,6 +44,9 @@ class GroupWrite:
     idempotency: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     volumes: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    # Rows as they are when staged: batches and chain facts are not changed again within a group.
+    batch_rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    chain_state: dict[str, str] = field(default_factory=dict)
     # Filled by seal(): the rows of the objects above as they are at the end of the group.
     payment_rows: list[dict[str, Any]] = field(default_factory=list)
     changed_rows: list[dict[str, Any]] = field(default_factory=list)
@@ -97,6 +102,10 @@ class GroupWrite:
             }
         )
 
+    def batch(self, batch: Batch) -> None:
+        """Write the batch as it is now."""
+        self.batch_rows[batch.batch_id] = batch_row(batch)
+
     def event(self, type_: str, resource: str, addresses: Iterable[str], task_id: str, payload: bytes) -> None:
         """Record an event; its sequence number comes from the database at commit."""
         self.events.append(
@@ -110,6 +119,28 @@ class GroupWrite:
                 "payload": payload,
             }
         )
+
+
+def batch_row(batch: Batch) -> dict[str, Any]:
+    """The row of a batch."""
+    return {
+        "batch_id": batch.batch_id,
+        "chain_batch_id": batch.chain_batch_id,
+        "status": int(batch.status),
+        "payment_ids": json.dumps(batch.payment_ids, separators=(",", ":")),
+        "transactions": json.dumps([dataclasses.asdict(t) for t in batch.transactions], separators=(",", ":")),
+        "attempts": batch.attempts,
+        "transaction_hash": batch.transaction_hash,
+        "block_number": batch.block_number,
+        "block_hash": batch.block_hash,
+        "gas_used": batch.gas_used,
+        "gas_price": batch.gas_price,
+        "failure_reason": batch.failure_reason,
+        "create_time_us": batch.create_time_us,
+        "update_time_us": batch.update_time_us,
+        "submit_time_us": batch.submit_time_us,
+        "confirm_time_us": batch.confirm_time_us,
+    }
 
 
 def load_accounts(connection: Connection, keys: Iterable[AccountKey]) -> dict[AccountKey, Balance]:
@@ -167,6 +198,8 @@ _INSERTS: dict[str, tuple[sa.Table, tuple[str, ...] | None]] = {
     "idempotency": (idempotency, None),
     "events": (events, None),
     "volume_daily": (volume_daily, ("payer", "token", "day")),
+    "batches": (batches, ("batch_id",)),
+    "chain_state": (chain_state, ("key",)),
 }
 # SQLite allows 32766 parameters a statement; stay well below it.
 _MAX_PARAMETERS = 16_000
@@ -282,6 +315,11 @@ def write_group(connection: Connection, group: GroupWrite) -> None:
                 {"payer": payer, "token": token, "day": day, "amount": amount}
                 for (payer, token, day), amount in group.volumes.items()
             ],
+        ),
+        ("batches", list(group.batch_rows.values())),
+        (
+            "chain_state",
+            [{"key": k, "value": v, "update_time_us": group.time_us} for k, v in group.chain_state.items()],
         ),
     ):
         if rows:

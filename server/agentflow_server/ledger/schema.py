@@ -100,15 +100,32 @@ batches = Table(
     "batches",
     metadata,
     Column("batch_id", String(32), primary_key=True),
-    Column("chain_batch_id", BigInteger, nullable=False, unique=True),
+    Column("chain_batch_id", BigInteger, nullable=False),
     Column("status", SmallInteger, nullable=False),
+    Column("payment_ids", Text, nullable=False),
+    Column("transactions", Text, nullable=False),
+    Column("attempts", SmallInteger, nullable=False),
     Column("transaction_hash", String(66), nullable=True),
     Column("block_number", BigInteger, nullable=True),
+    Column("block_hash", String(66), nullable=True),
     Column("gas_used", Amount, nullable=True),
+    Column("gas_price", Amount, nullable=True),
+    Column("failure_reason", String(512), nullable=False),
     Column("create_time_us", BigInteger, nullable=False),
     Column("update_time_us", BigInteger, nullable=False),
+    Column("submit_time_us", BigInteger, nullable=True),
+    Column("confirm_time_us", BigInteger, nullable=True),
 )
-"""Settlement batches (written by the settlement stage)."""
+"""Settlement batches: one contract call each, written before its transaction is sent."""
+
+chain_state = Table(
+    "chain_state",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("update_time_us", BigInteger, nullable=False),
+)
+"""The chain the ledger belongs to (chain id, genesis hash, contract) and how far each watcher has read."""
 
 idempotency = Table(
     "idempotency",
