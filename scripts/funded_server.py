@@ -1,6 +1,7 @@
 """Run a server with funded accounts, for the benchmark and the crash test.
 
 Starts the service as ``agentflow serve`` would (AGENTFLOW_* variables apply; --listen and --data-dir win),
+with settlement off (the ledger alone: these accounts are funded on no chain),
 credits each of ``--accounts`` deterministic addresses through the engine's deposit command (the command
 the chain watcher uses; the transaction hashes are derived from the address, so a restart credits nothing
 twice), prints one JSON line {"target", "admin_key", "accounts", "token"} and serves until SIGTERM or SIGINT.
@@ -45,6 +46,9 @@ async def main() -> None:
         data_dir=args.data_dir,
         admin_api_key=admin_key,
         metrics_listen=os.environ.get("AGENTFLOW_METRICS_LISTEN", ""),
+        # The ledger alone: these deposits are credited straight through the engine, on no chain, so
+        # nothing here may be settled. It measures and tests acceptance.
+        settlement_enabled=False,
     )
     configure_logging("WARNING", "json")
     stop = asyncio.Event()

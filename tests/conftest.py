@@ -45,6 +45,8 @@ def make_settings(data_dir: Path, **overrides: object) -> Settings:
         # Tests of rate limits create keys with their own; the rest must not trip over the default.
         "rate_limit_per_minute": 60_000,
         "rate_limit_burst": 10_000,
+        # Ledger tests run without a chain; the settlement tests turn it on.
+        "settlement_enabled": False,
         **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]

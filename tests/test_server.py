@@ -127,7 +127,6 @@ async def test_methods_of_later_issues_answer_unimplemented_with_a_reason(server
 
     async with server.client() as client:
         calls = [
-            client.payments.GetBatch(payments_pb2.GetBatchRequest()),
             client.escrows.CreateEscrow(escrow_pb2.CreateEscrowRequest()),
             client.accounts.Withdraw(accounts_pb2.WithdrawRequest()),
             client.admin.GetMetrics(admin_pb2.GetMetricsRequest()),

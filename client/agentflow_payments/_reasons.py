@@ -42,6 +42,7 @@ class Reason(enum.StrEnum):
     NOT_IMPLEMENTED = "NOT_IMPLEMENTED"
     SHUTTING_DOWN = "SHUTTING_DOWN"
     STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
+    SETTLEMENT_UNAVAILABLE = "SETTLEMENT_UNAVAILABLE"
     INTERNAL = "INTERNAL"
 
     @property
@@ -126,6 +127,10 @@ _CATALOGUE: dict[Reason, tuple[grpc.StatusCode, str]] = {
     Reason.STORAGE_UNAVAILABLE: (
         _S.UNAVAILABLE,
         "The ledger database did not answer; nothing was changed. Retry after the delay in RetryInfo.",
+    ),
+    Reason.SETTLEMENT_UNAVAILABLE: (
+        _S.FAILED_PRECONDITION,
+        "This server does not settle on chain (an accept-only replica); ask one that does for deposit details.",
     ),
     Reason.INTERNAL: (_S.INTERNAL, "An unexpected server error; the server logged it with the method and time."),
 }

@@ -62,7 +62,41 @@ class Settings(BaseSettings):
     token_addresses: dict[str, str] = Field(
         default_factory=dict, description="ERC-20 contract address per token symbol on the configured chain"
     )
-    chain_id: int = Field(31337, ge=1, description="the chain id the service settles on")
+    settlement_enabled: bool = Field(
+        True, description="settle on chain and credit deposits; off for a replica that only accepts payments"
+    )
+    chain_rpc_url: str | None = Field(
+        None, description="JSON-RPC URL of the chain; unset: an in-process EVM that lives as long as the server"
+    )
+    chain_id: int | None = Field(None, ge=1, description="the chain id to insist on; the node's own when unset")
+    contract_address: str | None = Field(
+        None, description="the settlement contract on chain_rpc_url's chain (the in-process chain deploys its own)"
+    )
+    operator_private_key: SecretStr | None = Field(
+        None, description="hex private key of the contract's operator, which signs settlement batches"
+    )
+    confirmations: int = Field(
+        1, ge=1, le=1000, description="blocks, its own included, before a deposit or batch counts (12+ on mainnet)"
+    )
+    deposits_from_block: int = Field(0, ge=0, description="the first block to read deposits from on a new ledger")
+    max_batch_size: int = Field(
+        100, ge=1, le=2000, description="most payments in one settlement transaction (the gas cap may close it sooner)"
+    )
+    batch_timeout_ms: float = Field(
+        1000, ge=0, description="how long the first queued payment waits for a fuller batch"
+    )
+    max_fee_per_gas: int = Field(500 * 10**9, ge=1, description="most wei per gas the operator pays for a batch")
+    tx_replace_after: float = Field(
+        30.0, gt=0, description="seconds before an unmined batch transaction is replaced with 12.5% higher fees"
+    )
+    chain_retries: int = Field(
+        3, ge=0, le=20, description="retries of a batch whose transaction reverted or was refused, before it fails"
+    )
+    chain_poll_interval: float = Field(1.0, gt=0, description="seconds between looks at the chain for new blocks")
+    rpc_failure_threshold: int = Field(
+        5, ge=1, description="failed calls in a row that open the circuit breaker on the chain's RPC endpoint"
+    )
+    rpc_reset_timeout: float = Field(10.0, gt=0, description="seconds the breaker stays open before one probe")
     shutdown_grace: float = Field(10.0, ge=0, description="seconds in-flight calls get to finish on SIGTERM")
     tls_cert_file: Path | None = Field(None, description="PEM certificate chain; enables TLS with tls_key_file")
     tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file")
@@ -95,6 +129,13 @@ class Settings(BaseSettings):
     @classmethod
     def _check_metrics_listen(cls, value: str) -> str:
         return _host_port(value, "metrics_listen") if value else value
+
+    @field_validator("contract_address")
+    @classmethod
+    def _check_contract_address(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) != 42 or not value.startswith("0x")):
+            raise ValueError(f"contract_address must be a 0x-prefixed 20-byte hex address, got {value!r}")
+        return value
 
     @field_validator("log_level")
     @classmethod

@@ -77,6 +77,10 @@ class TokenRegistry:
             )
         return cls(tuple(tokens))
 
+    def settleable(self) -> TokenRegistry:
+        """Only the tokens that can be settled on chain: the native one and those with a contract address."""
+        return TokenRegistry(tuple(token for token in self if token.native or token.contract_address))
+
     def __iter__(self) -> Iterator[Token]:
         return iter(self._tokens.values())
 

@@ -1,14 +1,18 @@
-"""AccountService: balances, the journal and the accepted tokens.
+"""AccountService: balances, the journal, the accepted tokens and where to deposit.
 
-Withdraw and GetDepositInfo arrive with on-chain settlement and answer UNIMPLEMENTED until then.
+Withdraw is not served yet and answers UNIMPLEMENTED.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from agentflow_payments import Reason
 from agentflow_payments.v1 import accounts_pb2, accounts_pb2_grpc
 
 from ..auth import current_principal
 from ..engine.model import Balance
+from ..errors import ApiError
 from ..ledger.accounts import AccountReader
 from ..tokens import TokenRegistry
 from ..wire import timestamp
@@ -18,13 +22,25 @@ from .unimplemented import not_served
 from .validation import Fields
 
 
-class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
-    """Serves AccountService."""
+@dataclass(frozen=True)
+class DepositTarget:
+    """Where agents deposit: the chain and the settlement contract, and how long a deposit waits."""
 
-    def __init__(self, reader: AccountReader, tokens: TokenRegistry, chain_id: int) -> None:
+    chain_id: int
+    contract_address: str
+    confirmations: int
+
+
+class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
+    """Serves AccountService. ``deposits`` is None on a replica that does not settle."""
+
+    def __init__(
+        self, reader: AccountReader, tokens: TokenRegistry, chain_id: int, deposits: DepositTarget | None
+    ) -> None:
         self._reader = reader
         self._tokens = tokens
         self._chain_id = chain_id
+        self._deposits = deposits
 
     def _readable_address(self, fields: Fields, value: str) -> str:
         address = fields.address("address", value)
@@ -116,4 +132,46 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
     async def GetDepositInfo(
         self, request: accounts_pb2.GetDepositInfoRequest, context: Context
     ) -> accounts_pb2.GetDepositInfoResponse:
-        raise not_served("AccountService.GetDepositInfo", "on-chain settlement")
+        fields = Fields(self._tokens)
+        token = fields.token("token", request.token)
+        # Anyone may deposit for any address: nothing here needs the key to act for it.
+        address = fields.address("address", request.address)
+        fields.check()
+        assert token is not None
+        target = self._deposits
+        if target is None:
+            raise ApiError(
+                Reason.SETTLEMENT_UNAVAILABLE,
+                "this server does not settle on chain (settlement_enabled is off); ask one that does",
+            )
+        message = accounts_pb2.Token(
+            symbol=token.symbol,
+            display_name=token.display_name,
+            decimals=token.decimals,
+            contract_address=token.contract_address,
+            native=token.native,
+            min_fee=str(token.min_fee),
+        )
+        contract = target.contract_address
+        if token.native:
+            method = "depositETH(address)"
+            steps = (
+                f"Call depositETH({address}) on {contract} (chain {target.chain_id}) with the ETH to deposit "
+                "as the value; plain ETH sent to the contract is credited to the sender."
+            )
+        else:
+            method = "depositToken(address,address,uint256)"
+            steps = (
+                f"1. approve({contract}, amount) on the {token.symbol} contract {token.contract_address}. "
+                f"2. depositToken({token.contract_address}, {address}, amount) on {contract} "
+                f"(chain {target.chain_id}). What arrives is credited."
+            )
+        return accounts_pb2.GetDepositInfoResponse(
+            chain_id=target.chain_id,
+            contract_address=contract,
+            token=message,
+            method=method,
+            confirmations=target.confirmations,
+            instructions=f"{steps} The deposit is credited to {address} after {target.confirmations} "
+            "confirmation(s), with a deposit.confirmed event.",
+        )

@@ -1,6 +1,6 @@
 """PaymentService: validates each request, hands the engine a typed command, answers with the result.
 
-WatchPayment and GetBatch arrive with events and settlement and answer UNIMPLEMENTED until then.
+WatchPayment arrives with event streams and answers UNIMPLEMENTED until then.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 
+from agentflow_payments import Reason
 from agentflow_payments.v1 import common_pb2, payments_pb2, payments_pb2_grpc
 
 from ..auth import Principal, current_principal
@@ -15,8 +16,9 @@ from ..engine.commands import CancelPayment, SubmitPayment
 from ..engine.engine import Engine
 from ..engine.model import Payment, PaymentStatus, Priority
 from ..errors import ApiError, payment_not_found
+from ..ledger.batches import BatchReader
 from ..ledger.payments import PaymentFilter, PaymentReader
-from ..wire import fee_message, payment_message
+from ..wire import batch_message, fee_message, payment_message
 from . import pagination
 from .context import Context
 from .unimplemented import not_served
@@ -52,9 +54,10 @@ def item_error(error: ApiError) -> common_pb2.ItemError:
 class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
     """Serves PaymentService."""
 
-    def __init__(self, engine: Engine, reader: PaymentReader, max_bulk_size: int) -> None:
+    def __init__(self, engine: Engine, reader: PaymentReader, batches: BatchReader, max_bulk_size: int) -> None:
         self._engine = engine
         self._reader = reader
+        self._batches = batches
         self._max_bulk_size = max_bulk_size
 
     def _command(
@@ -219,4 +222,13 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
         yield  # pragma: no cover - makes this an async generator, as the stub expects
 
     async def GetBatch(self, request: payments_pb2.GetBatchRequest, context: Context) -> payments_pb2.GetBatchResponse:
-        raise not_served("PaymentService.GetBatch", "on-chain settlement")
+        fields = Fields(self._engine.tokens)
+        batch_id = resource_id(fields, "name", request.name, "batches", _PAYMENT_ID)
+        fields.check()
+        batch = await self._batches.get(batch_id)
+        payments = await self._batches.payments(batch) if batch is not None else []
+        principal = current_principal()
+        # A key bound to addresses sees a batch only if it carries one of its payments.
+        if batch is None or not (principal.reads_everything or any(_visible(principal, p) for p in payments)):
+            raise ApiError(Reason.BATCH_NOT_FOUND, f"no batch {request.name}", metadata={"name": request.name})
+        return payments_pb2.GetBatchResponse(batch=batch_message(batch, payments))

@@ -1,0 +1,102 @@
+"""The deposit watcher: follows the settlement contract's ``Deposited`` logs and credits each one through
+the engine once it has its confirmations, exactly once per (transaction hash, log index)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+from ..engine.commands import Command, CreditDeposit, SetChainState
+from ..engine.engine import Engine
+from ..tokens import Token
+from .contract import decode_deposited, topic
+from .rpc import ChainError, Rpc
+
+log = logging.getLogger("agentflow.chain.deposits")
+
+CURSOR_KEY = "deposits.block"
+"""chain_state key: the last block whose deposits are all credited."""
+
+
+class DepositWatcher:
+    """Credits confirmed deposits. Its position is committed after what it credited, and credits are
+    idempotent per log, so a crash anywhere credits nothing twice and misses nothing.
+
+    Only blocks with ``confirmations`` (their own included) are read, so a reorganisation shallower than
+    that never reaches the ledger.
+    """
+
+    def __init__(
+        self,
+        rpc: Rpc,
+        engine: Engine,
+        contract: str,
+        tokens: Mapping[str, Token],
+        confirmations: int,
+        start_block: int,
+        poll_interval: float = 1.0,
+        max_range: int = 2_000,
+    ) -> None:
+        self._rpc = rpc
+        self._engine = engine
+        self._contract = contract
+        # By contract address, lowercased; ETH under the zero address.
+        self._tokens = {address.lower(): token for address, token in tokens.items()}
+        self.confirmations = confirmations
+        self.cursor = start_block
+        self._poll_interval = poll_interval
+        self._max_range = max_range
+
+    async def run(self) -> None:
+        """Poll until cancelled; chain failures are logged and retried at the next poll."""
+        while True:
+            try:
+                while await self.poll():
+                    pass  # more ranges to catch up on
+            except ChainError as error:
+                log.warning("deposit watcher: %s", error)
+            await asyncio.sleep(self._poll_interval)
+
+    async def poll(self) -> bool:
+        """Credit the deposits of the next confirmed range; whether there may be more to read."""
+        head = await self._rpc.block_number()
+        confirmed = head - self.confirmations + 1
+        if confirmed <= self.cursor:
+            return False
+        last = min(confirmed, self.cursor + self._max_range)
+        logs = await self._rpc.logs(self._contract, [topic("Deposited")], self.cursor + 1, last)
+        commands: list[Command] = []
+        for log_entry in logs:
+            deposit = decode_deposited(log_entry)
+            token = self._tokens.get(deposit.token.lower())
+            if token is None:
+                # Not a token this service accepts: the depositor gets it back through the contract's exit.
+                log.warning(
+                    "deposit of unaccepted token %s in %s (log %d) not credited",
+                    deposit.token,
+                    log_entry.transaction_hash,
+                    log_entry.log_index,
+                )
+                continue
+            commands.append(
+                CreditDeposit(
+                    beneficiary=deposit.beneficiary,
+                    depositor=deposit.sender,
+                    token=token,
+                    amount=deposit.amount,
+                    transaction_hash=log_entry.transaction_hash,
+                    log_index=log_entry.log_index,
+                    block_number=log_entry.block_number,
+                )
+            )
+        if commands:
+            results = await self._engine.execute_many(commands)
+            failed = [result for result in results if isinstance(result, Exception)]
+            if failed:
+                raise ChainError(f"deposits in blocks {self.cursor + 1}-{last} not credited: {failed[0]}")
+            log.info("credited %d deposits up to block %d", len(commands), last)
+        # Only once every credit is committed does the position move past them.
+        await self._engine.execute(SetChainState(((CURSOR_KEY, str(last)),)))
+        self.cursor = last
+        return last < confirmed

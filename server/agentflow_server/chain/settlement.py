@@ -1,0 +1,331 @@
+"""The settlement stage: drains the priority queues into batches, one contract call each, and follows each
+batch to its confirmations.
+
+A batch is written before its transaction is sent, and every signed version of that transaction is
+written before it is broadcast, so after a crash the stage knows exactly what may be on chain. Batches go
+one at a time: the contract executes batch ids in order, and a batch id executes once, so however often a
+batch is sent (a retry, a replacement, a re-send after a reorg or a restart) it pays once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..engine.commands import FailBatch, OpenBatch, RecordBatch, SettleBatch
+from ..engine.engine import Engine
+from ..engine.model import Batch, BatchStatus, Payment, SentTransaction
+from ..ledger.batches import BatchReader
+from ..tokens import TokenRegistry
+from .contract import ETH_ADDRESS, Item, SettlementContract, decode_batch_logs, encode_settle, topic
+from .relayer import Relayer, SignedTransaction
+from .rpc import CallReverted, ChainError, ChainRequestRefused, ChainUnavailable, Receipt
+
+log = logging.getLogger("agentflow.chain.settlement")
+
+
+@dataclass(frozen=True)
+class SettlementConfig:
+    """When batches close and how hard a batch is tried."""
+
+    max_batch_size: int = 100
+    batch_timeout: float = 1.0
+    """Seconds the first queued payment waits for a fuller batch."""
+    confirmations: int = 1
+    """Blocks, the batch's own included, before its payments complete."""
+    retries: int = 3
+    """Attempts after a batch's transaction reverted or was refused, before its payments fail."""
+    backoff: float = 0.5
+    """Seconds before the first retry; doubled for each next one (up to 30 s)."""
+    poll_interval: float = 0.2
+
+
+def new_batch_id() -> str:
+    """Time-ordered, like payment ids."""
+    return f"{time.time_ns() // 1000:014x}{secrets.token_hex(4)}"
+
+
+class BatchFailed(Exception):
+    """A batch's transaction reverted, or the node refused it for good."""
+
+
+class SettlementStage:
+    """Forms, sends and confirms settlement batches, one after another. Run :meth:`run` as a task."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        reader: BatchReader,
+        relayer: Relayer,
+        contract: SettlementContract,
+        tokens: TokenRegistry,
+        config: SettlementConfig | None = None,
+        on_health: Callable[[bool], None] = lambda serving: None,
+    ) -> None:
+        self._engine = engine
+        self._reader = reader
+        self._relayer = relayer
+        self._rpc = relayer.rpc
+        self._contract = contract
+        self._tokens = tokens
+        self.config = config or SettlementConfig()
+        self._on_health = on_health
+        self._next_chain_id: int | None = None
+        self._waiting_since: float | None = None
+        self._reconciled = False
+
+    async def run(self) -> None:
+        """Reconcile what a previous run left unfinished, then settle for ever. Chain failures are waited
+        out (payments keep being accepted and queued meanwhile); health says NOT_SERVING while they last."""
+        delay = self.config.backoff
+        self._reconciled = False
+        self._next_chain_id = None
+        while True:
+            try:
+                if not self._reconciled:
+                    await self.reconcile()
+                    self._reconciled = True
+                settled = await self.settle_next()
+                self._on_health(True)
+                delay = self.config.backoff
+                if not settled:
+                    await asyncio.sleep(self.config.poll_interval)
+            except ChainError as error:
+                log.warning("settlement paused: %s", error)
+                self._on_health(False)
+                # Whatever batch was under way is finished from the ledger's record before anything new.
+                self._reconciled = False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def reconcile(self) -> None:
+        """Finish every batch a previous run formed or sent, checking the chain before sending anything new."""
+        for batch in await self._reader.unfinished():
+            log.info("reconciling %s (contract batch %d)", batch.name, batch.chain_batch_id)
+            await self._drive(batch)
+
+    # -- forming batches ----------------------------------------------------------------------------
+
+    def _due(self) -> list[str]:
+        """The payment ids of the next batch in item order (grouped by token), or none if nothing is due."""
+        queues = self._engine.queues
+        queued = sum(len(queue) for queue in queues.values())
+        now = time.monotonic()
+        if queued == 0:
+            self._waiting_since = None
+            return []
+        if self._waiting_since is None:
+            self._waiting_since = now
+        size = self.config.max_batch_size
+        if queued < size and now - self._waiting_since < self.config.batch_timeout:
+            return []
+        # Earliest deadlines first across tokens; then grouped by token, as the contract takes them.
+        candidates = sorted(
+            (deadline, symbol, payment_id)
+            for symbol, queue in queues.items()
+            for deadline, payment_id in queue.peek(size)
+        )[:size]
+        order = {token.symbol: index for index, token in enumerate(self._tokens)}
+        candidates.sort(key=lambda c: (order.get(c[1], len(order)), c[0]))
+        return [payment_id for _, _, payment_id in candidates]
+
+    async def settle_next(self) -> bool:
+        """Form and settle the next batch if one is due; whether one was."""
+        payment_ids = self._due()
+        if not payment_ids:
+            return False
+        if self._next_chain_id is None:
+            self._next_chain_id = await self._contract.last_batch_id() + 1
+        batch = await self._engine.execute(OpenBatch(new_batch_id(), self._next_chain_id, tuple(payment_ids)))
+        assert isinstance(batch, Batch)
+        if batch.payment_ids:
+            await self._drive(batch)
+        return True
+
+    # -- driving one batch --------------------------------------------------------------------------
+
+    async def _drive(self, batch: Batch) -> None:
+        """Take a batch to CONFIRMED (its payments COMPLETED), or after its retries to FAILED."""
+        payments = await self._reader.payments(batch)
+        failures = 0
+        while True:
+            try:
+                receipt = await self._send_and_confirm(batch, payments)
+                await self._settle(batch, receipt)
+                return
+            except BatchFailed as error:
+                # What was sent is spent (reverted, or refused): the next attempt signs afresh.
+                batch.transactions.clear()
+                await self._engine.execute(RecordBatch(batch))
+                failures += 1
+                if failures > self.config.retries:
+                    log.error("%s failed after %d attempts: %s", batch.name, failures, error)
+                    await self._engine.execute(FailBatch(batch, str(error)[:500]))
+                    self._next_chain_id = None  # the id was not used: the next batch takes it
+                    return
+                log.warning("%s attempt %d failed, retrying: %s", batch.name, failures, error)
+                await asyncio.sleep(min(self.config.backoff * 2 ** (failures - 1), 30.0))
+
+    def _calldata(self, batch: Batch, payments: list[Payment]) -> bytes:
+        groups: list[tuple[str, list[Item]]] = []
+        for payment in payments:
+            token = self._tokens.get(payment.token)
+            address = ETH_ADDRESS if token.native else token.contract_address
+            if not groups or groups[-1][0] != address:
+                groups.append((address, []))
+            groups[-1][1].append(Item(payment.payer, payment.payee, payment.amount, payment.fee.total))
+        return encode_settle(batch.chain_batch_id, groups)
+
+    async def _record(self, batch: Batch, signed: SignedTransaction) -> None:
+        """Write a signed version into the batch before it is broadcast."""
+        batch.transactions.append(
+            SentTransaction(
+                signed.hash,
+                signed.raw.hex(),
+                signed.nonce,
+                int(signed.request["gas"]),
+                signed.max_fee_per_gas,
+                signed.max_priority_fee_per_gas,
+            )
+        )
+        batch.attempts += 1
+        batch.status = BatchStatus.SUBMITTED
+        if batch.submit_time_us is None:
+            batch.submit_time_us = time.time_ns() // 1000
+        await self._engine.execute(RecordBatch(batch))
+
+    def _versions(self, batch: Batch, data: bytes) -> list[SignedTransaction]:
+        """The batch's recorded versions, as the relayer knows them, for the current calldata."""
+        request = {"from": self._relayer.address, "to": self._contract.address, "data": data, "value": 0}
+        return [
+            SignedTransaction(
+                nonce=t.nonce,
+                hash=t.hash,
+                raw=bytes.fromhex(t.raw),
+                max_fee_per_gas=t.max_fee_per_gas,
+                max_priority_fee_per_gas=t.max_priority_fee_per_gas,
+                request={**request, "gas": t.gas, "chainId": self._relayer.chain_id},
+            )
+            for t in batch.transactions
+        ]
+
+    async def _send_and_confirm(self, batch: Batch, payments: list[Payment]) -> Receipt:
+        data = self._calldata(batch, payments)
+        versions = self._versions(batch, data)
+        receipt = await self._mined_version(versions)
+        if receipt is None and await self._contract.last_batch_id() >= batch.chain_batch_id:
+            receipt = await self._find_execution(batch)
+            if receipt is None:
+                raise ChainError(f"contract batch {batch.chain_batch_id} executed, but its transaction is not found")
+        # Sent before (a restart, or the node was away): send the newest version again; it may never have left.
+        if receipt is None and versions and not await self._rebroadcast(versions[-1]):
+            versions = []  # its nonce went to another transaction: sign afresh
+        if receipt is None and not versions:
+            try:
+                signed = await self._relayer.prepare(self._contract.address, data)
+            except CallReverted as error:
+                await self._resync_chain_id(batch)
+                raise BatchFailed(f"the contract refuses the batch: {error}") from error
+            await self._record(batch, signed)
+            try:
+                await self._relayer.broadcast(signed)
+            except ChainRequestRefused as error:
+                raise BatchFailed(f"the node refused the transaction: {error}") from error
+            versions = [signed]
+        while True:
+            if receipt is None:
+                receipt = await self._relayer.wait(versions, lambda signed: self._record(batch, signed))
+            if receipt.status != 1:
+                await self._resync_chain_id(batch)
+                raise BatchFailed(f"transaction {receipt.transaction_hash} reverted")
+            confirmed = await self._confirm(receipt)
+            if confirmed is not None:
+                return confirmed
+            # Reorganised away: the transaction goes back to the pool (sent again if it was dropped); the
+            # contract's batch id keeps it to one execution wherever it lands.
+            log.warning("%s: block %d reorganised away; sending again", batch.name, receipt.block_number)
+            receipt = None
+            if versions and not await self._rebroadcast(versions[-1]):
+                receipt = await self._mined_version(versions) or await self._find_execution(batch)
+                if receipt is None:
+                    raise BatchFailed("the reorganised transaction's nonce was taken by another")
+
+    async def _mined_version(self, versions: list[SignedTransaction]) -> Receipt | None:
+        for version in reversed(versions):
+            receipt = await self._rpc.receipt(version.hash)
+            if receipt is not None:
+                return receipt
+        return None
+
+    async def _rebroadcast(self, version: SignedTransaction) -> bool:
+        """Send a recorded version again; False when its nonce is used already by something not mined here."""
+        try:
+            await self._relayer.broadcast(version)
+        except ChainRequestRefused as error:
+            if "nonce too low" in str(error).lower():
+                return await self._rpc.receipt(version.hash) is not None
+            raise
+        return True
+
+    async def _find_execution(self, batch: Batch) -> Receipt | None:
+        """The receipt of the transaction that executed this batch id, from the contract's log."""
+        head = await self._rpc.block_number()
+        batch_topic = batch.chain_batch_id.to_bytes(32, "big")
+        logs = await self._rpc.logs(
+            self._contract.address, [topic("BatchSettled"), batch_topic], max(0, head - 50_000), head
+        )
+        if not logs:
+            return None
+        return await self._rpc.receipt(logs[-1].transaction_hash)
+
+    async def _confirm(self, receipt: Receipt) -> Receipt | None:
+        """Wait for the confirmations; the receipt as it then stands, or None if its block left the chain."""
+        wanted = receipt.block_number + self.config.confirmations - 1
+        head = await self._rpc.block_number()
+        while head < wanted:
+            await asyncio.sleep(self.config.poll_interval)
+            head = await self._rpc.block_number()
+        again = await self._rpc.receipt(receipt.transaction_hash)
+        block = await self._rpc.block(receipt.block_number)
+        if again is None or block is None or again.block_hash != block.hash:
+            return None
+        return again
+
+    async def _resync_chain_id(self, batch: Batch) -> None:
+        """After a refusal: if the contract expects another batch id, take it (nothing was executed)."""
+        try:
+            expected = await self._contract.last_batch_id() + 1
+        except ChainUnavailable:
+            return
+        if expected != batch.chain_batch_id and batch.status is not BatchStatus.CONFIRMED:
+            log.warning("%s: the contract expects batch %d, not %d", batch.name, expected, batch.chain_batch_id)
+            batch.chain_batch_id = expected
+            batch.transactions.clear()
+            await self._engine.execute(RecordBatch(batch))
+
+    async def _settle(self, batch: Batch, receipt: Receipt) -> None:
+        settled, credited, skipped = decode_batch_logs(receipt.logs, self._contract.address)
+        if settled is None or settled.batch_id != batch.chain_batch_id:
+            raise ChainError(
+                f"transaction {receipt.transaction_hash} holds no settlement of batch {batch.chain_batch_id}"
+            )
+        batch.transaction_hash = receipt.transaction_hash
+        batch.block_number = receipt.block_number
+        batch.block_hash = receipt.block_hash
+        batch.gas_used = receipt.gas_used
+        batch.gas_price = receipt.effective_gas_price
+        await self._engine.execute(
+            SettleBatch(batch, frozenset(c.index for c in credited), frozenset(s.index for s in skipped))
+        )
+        self._next_chain_id = batch.chain_batch_id + 1
+        log.info(
+            "%s confirmed: %d payments in block %d (%d gas)",
+            batch.name,
+            len(batch.payment_ids),
+            receipt.block_number,
+            receipt.gas_used,
+        )

@@ -1,0 +1,472 @@
+"""Settlement end to end: deposits credited from the chain, queued payments settled in batches, and the
+ledger agreeing with the chain after each test. The embedded chain where speed matters; anvil for what
+only a real node does (reorgs, stuck transactions, an RPC endpoint that goes away, restarts)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from agentflow_payments import AsyncClient, FailedPrecondition
+from agentflow_payments.v1 import accounts_pb2, payments_pb2
+from agentflow_server.app import SETTLEMENT_HEALTH, StartupError
+from agentflow_server.chain.contract import SettlementContract, encode_call, read, topic
+from agentflow_server.chain.deploy import (
+    deploy,
+    deploy_dev_tokens,
+    deploy_settlement,
+    dev_account,
+    fund_dev_agent,
+    transact,
+)
+from agentflow_server.chain.relayer import Relayer
+from agentflow_server.chain.rpc import Rpc
+from agentflow_server.engine.model import CHAIN
+
+from .anvil import ANVIL_KEYS, TcpProxy, anvil
+from .conftest import RunningServer, StartServer
+
+USDC = 10**6
+BOB = dev_account("bob").address
+FAST = {"chain_poll_interval": 0.05, "batch_timeout_ms": 50}
+"""Settings that make a settling test server look at the chain often and close batches quickly."""
+
+
+async def wait_for(check: Callable[[], Awaitable[Any]], what: str, seconds: float = 30.0) -> Any:
+    deadline = time.monotonic() + seconds
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+class Chain:
+    """The running server's chain, as a test drives it."""
+
+    def __init__(self, server: RunningServer) -> None:
+        assert server.service.chain is not None
+        self.server = server
+        self.connection = server.service.chain.connection
+        self.rpc = self.connection.rpc
+        self.contract = self.connection.identity.contract
+        self.tokens = self.connection.token_addresses
+
+    async def fund(self, name: str, deposits: dict[str, int]) -> LocalAccount:
+        """A dev agent with ``deposits`` in the settlement contract, credited by the server's watcher."""
+        agent = dev_account(name)
+        relayer = Relayer(self.rpc, agent, self.connection.identity.chain_id)
+        await fund_dev_agent(self.connection.relayer, relayer, self.contract, self.tokens, deposits)
+        await self.caught_up()
+        return agent
+
+    async def caught_up(self) -> None:
+        """Wait until the deposit watcher has read every block with its confirmations."""
+        watcher = self.server.service.chain.watcher  # type: ignore[union-attr]
+
+        async def done() -> bool:
+            head = await self.rpc.block_number()
+            return watcher.cursor >= head - watcher.confirmations + 1
+
+        await wait_for(done, "the deposit watcher")
+
+    async def held(self, symbol: str) -> int:
+        """What the contract holds of a token (ETH included)."""
+        if symbol == "ETH":
+            return await self.rpc.balance(self.contract)
+        return int(await read(self.rpc, self.tokens[symbol], "balanceOf", self.contract, contract="TestToken"))
+
+    async def token_balance(self, symbol: str, who: str) -> int:
+        if symbol == "ETH":
+            return await self.rpc.balance(who)
+        return int(await read(self.rpc, self.tokens[symbol], "balanceOf", who, contract="TestToken"))
+
+
+def ledger(server: RunningServer) -> sqlite3.Connection:
+    return sqlite3.connect(Path(server.settings.data_dir) / "agentflow.db")
+
+
+async def assert_ledger_matches_chain(chain: Chain) -> None:
+    """Per token, the contract holds exactly what the ledger's accounts hold (settled fees included)."""
+    await chain.caught_up()
+    with ledger(chain.server) as db:
+        rows = db.execute("SELECT address, token, available, reserved, escrowed FROM accounts").fetchall()
+    totals: dict[str, int] = {}
+    for address, token, available, reserved, escrowed in rows:
+        if address != CHAIN:
+            totals[token] = totals.get(token, 0) + int(available) + int(reserved) + int(escrowed)
+    for symbol in ("ETH", *chain.tokens):
+        assert await chain.held(symbol) == totals.get(symbol, 0), symbol
+
+
+async def payment_status(client: AsyncClient, name: str) -> payments_pb2.Payment:
+    return (await client.payments.GetPayment(payments_pb2.GetPaymentRequest(name=name))).payment
+
+
+async def until_final(client: AsyncClient, names: list[str]) -> list[payments_pb2.Payment]:
+    final = (payments_pb2.PAYMENT_STATUS_COMPLETED, payments_pb2.PAYMENT_STATUS_FAILED)
+
+    async def check() -> list[payments_pb2.Payment] | None:
+        found = [await payment_status(client, name) for name in names]
+        return found if all(p.status in final for p in found) else None
+
+    result: list[payments_pb2.Payment] = await wait_for(check, "payments to settle")
+    return result
+
+
+def pay(payer: str, payee: str, token: str, amount: int) -> payments_pb2.SubmitPaymentRequest:
+    return payments_pb2.SubmitPaymentRequest(payer=payer, payee=payee, token=token, amount=str(amount))
+
+
+@pytest.fixture
+async def embedded(start_server: StartServer) -> RunningServer:
+    """A server settling on the embedded chain."""
+    return await start_server(settlement_enabled=True, **FAST)
+
+
+# -- the embedded chain -------------------------------------------------------------------------------------
+
+
+async def test_deposits_credit_once_and_payments_of_every_token_settle(embedded: RunningServer) -> None:
+    chain = Chain(embedded)
+    deposits = {"ETH": 5 * 10**18, "USDC": 1_000 * USDC, "USDT": 1_000 * USDC, "DAI": 10**21, "WETH": 10**18}
+    alice = await chain.fund("alice", deposits)
+    bob = dev_account("bob").address
+    async with embedded.client() as client:
+        balances = await client.accounts.GetBalances(accounts_pb2.GetBalancesRequest(address=alice.address))
+        assert {b.token: int(b.available) for b in balances.balances} == deposits
+        # The watcher reads the same blocks again (a restart would): nothing is credited twice.
+        watcher = embedded.service.chain.watcher  # type: ignore[union-attr]
+        watcher.cursor = -1
+        await chain.caught_up()
+        again = await client.accounts.GetBalances(accounts_pb2.GetBalancesRequest(address=alice.address))
+        assert again == balances
+
+        amounts = {"ETH": 10**17, "USDC": 7 * USDC, "USDT": 3 * USDC, "DAI": 2 * 10**18, "WETH": 10**16}
+        before = {symbol: await chain.token_balance(symbol, bob) for symbol in amounts}
+        submitted = [
+            (await client.payments.SubmitPayment(pay(alice.address, bob, symbol, amount))).payment
+            for symbol, amount in amounts.items()
+        ]
+        settled = await until_final(client, [p.name for p in submitted])
+        assert {p.status for p in settled} == {payments_pb2.PAYMENT_STATUS_COMPLETED}
+        for symbol, amount in amounts.items():
+            assert await chain.token_balance(symbol, bob) == before[symbol] + amount, symbol
+        balances = await client.accounts.GetBalances(accounts_pb2.GetBalancesRequest(address=alice.address))
+        for balance, payment in zip(balances.balances, submitted, strict=True):
+            expected = deposits[balance.token] - amounts[balance.token] - int(payment.fee.total)
+            assert (int(balance.available), int(balance.reserved)) == (expected, 0), balance.token
+        # Each payment knows its transaction, block and share of the gas; the batch shows them all.
+        first = settled[0].settlement
+        assert first.transaction_hash.startswith("0x")
+        assert first.block_number > 0
+        assert int(first.gas_used) > 0
+        batch = (await client.payments.GetBatch(payments_pb2.GetBatchRequest(name=first.batch))).batch
+        assert batch.status == payments_pb2.BATCH_STATUS_CONFIRMED
+        assert batch.chain_batch_id == 1
+        assert sorted(batch.payments) == sorted(p.name for p in submitted)
+        assert sum(int(p.settlement.gas_used) for p in settled) == int(batch.gas_used)
+        assert {t.token: int(t.amount) for t in batch.totals} == amounts
+        # The fees stay in the contract, accrued, until it pays them out.
+        contract = SettlementContract(chain.rpc, chain.contract)
+        assert await contract.accrued_fees(chain.tokens["USDC"]) == int(submitted[1].fee.total)
+    with ledger(embedded) as db:
+        types = [t for (t,) in db.execute("SELECT type FROM events WHERE resource = ?", (submitted[0].name,))]
+    assert types == ["payment.created", "payment.queued", "payment.processing", "payment.completed"]
+    await assert_ledger_matches_chain(chain)
+
+
+async def test_deposit_info_tells_where_to_deposit(embedded: RunningServer) -> None:
+    chain = Chain(embedded)
+    async with embedded.client() as client:
+        info = await client.accounts.GetDepositInfo(
+            accounts_pb2.GetDepositInfoRequest(address=dev_account("carol").address, token="USDT")
+        )
+        tokens = await client.accounts.ListTokens(accounts_pb2.ListTokensRequest())
+    assert info.contract_address == chain.contract
+    assert info.chain_id == tokens.chain_id == chain.connection.identity.chain_id
+    assert info.token.contract_address == chain.tokens["USDT"]
+    assert info.method == "depositToken(address,address,uint256)"
+    assert info.confirmations == 1
+    assert chain.tokens["USDT"] in info.instructions
+
+
+async def test_a_payee_that_cannot_receive_is_credited_in_the_ledger(embedded: RunningServer) -> None:
+    chain = Chain(embedded)
+    alice = await chain.fund("alice", {"ETH": 10**18})
+    rejecting = await deploy(chain.connection.relayer, "RejectingPayee", False)
+    carol = dev_account("carol").address
+    async with embedded.client() as client:
+        bad = (await client.payments.SubmitPayment(pay(alice.address, rejecting, "ETH", 10**17))).payment
+        good = (await client.payments.SubmitPayment(pay(alice.address, carol, "ETH", 10**17))).payment
+        settled = await until_final(client, [bad.name, good.name])
+        assert [p.status for p in settled] == [payments_pb2.PAYMENT_STATUS_COMPLETED] * 2
+        # The contract kept the payee's money for it; the ledger says the same, so the payee can spend it.
+        balances = await client.accounts.GetBalances(accounts_pb2.GetBalancesRequest(address=rejecting))
+        assert int(balances.balances[0].available) == 10**17
+    assert await chain.token_balance("ETH", rejecting) == 0
+    await assert_ledger_matches_chain(chain)
+
+
+async def test_batches_close_at_their_size(start_server: StartServer) -> None:
+    server = await start_server(settlement_enabled=True, max_batch_size=2, **FAST)
+    chain = Chain(server)
+    alice = await chain.fund("alice", {"USDC": 100 * USDC})
+    async with server.client() as client:
+        names = [
+            (
+                await client.payments.SubmitPayment(pay(alice.address, dev_account("bob").address, "USDC", USDC))
+            ).payment.name
+            for _ in range(5)
+        ]
+        settled = await until_final(client, names)
+    batches = {p.settlement.batch for p in settled}
+    assert len(batches) >= 3
+    with ledger(server) as db:
+        sizes = [len(json.loads(ids)) for (ids,) in db.execute("SELECT payment_ids FROM batches")]
+        chain_ids = sorted(n for (n,) in db.execute("SELECT chain_batch_id FROM batches"))
+    assert max(sizes) <= 2
+    assert chain_ids == list(range(1, len(chain_ids) + 1))
+    await assert_ledger_matches_chain(chain)
+
+
+async def test_the_embedded_chain_is_not_taken_for_an_old_ledger(start_server: StartServer, tmp_path: Path) -> None:
+    first = await start_server(settlement_enabled=True, data_dir=tmp_path / "data", **FAST)
+    await first.service.stop()
+    with pytest.raises(StartupError, match="this ledger belongs to chain"):
+        await start_server(settlement_enabled=True, data_dir=tmp_path / "data", **FAST)
+
+
+async def test_a_replica_that_does_not_settle_says_so(server: RunningServer) -> None:
+    async with server.client() as client:
+        with pytest.raises(FailedPrecondition) as refused:
+            await client.accounts.GetDepositInfo(
+                accounts_pb2.GetDepositInfoRequest(address=dev_account("carol").address, token="USDC")
+            )
+    assert refused.value.reason.value == "SETTLEMENT_UNAVAILABLE"
+
+
+# -- anvil ----------------------------------------------------------------------------------------------------
+
+
+class Anvil:
+    """An anvil node with the settlement contract and the dev tokens deployed by ``ANVIL_KEYS[0]``."""
+
+    def __init__(self, url: str, port: int) -> None:
+        self.url = url
+        self.port = port
+        self.operator = Account.from_key(ANVIL_KEYS[0])
+        self.contract = ""
+        self.tokens: dict[str, str] = {}
+
+    async def deploy(self) -> None:
+        rpc = Rpc.http(self.url)
+        try:
+            relayer = Relayer(rpc, self.operator, await rpc.chain_id())
+            recipients = [dev_account(f"fees {i}").address for i in range(4)]
+            self.contract = await deploy_settlement(relayer, recipients, 3600)
+            self.tokens = await deploy_dev_tokens(relayer)
+        finally:
+            await rpc.close()
+
+    def settings(self, url: str | None = None, **overrides: object) -> dict[str, object]:
+        return {
+            "settlement_enabled": True,
+            "chain_rpc_url": url or self.url,
+            "contract_address": self.contract,
+            "operator_private_key": ANVIL_KEYS[0],
+            "token_addresses": self.tokens,
+            **FAST,
+            **overrides,
+        }
+
+    async def request(self, method: str, params: list[Any]) -> Any:
+        rpc = Rpc.http(self.url)
+        try:
+            return await rpc.request(method, params)
+        finally:
+            await rpc.close()
+
+
+@pytest.fixture
+def anvil_node() -> Iterator[Anvil]:
+    with anvil() as w3:
+        url = w3.provider.endpoint_uri  # type: ignore[attr-defined]
+        yield Anvil(str(url), int(str(url).rsplit(":", 1)[1]))
+
+
+@pytest.fixture
+async def on_anvil(anvil_node: Anvil) -> Anvil:
+    await anvil_node.deploy()
+    return anvil_node
+
+
+async def test_on_anvil_a_restart_credits_nothing_twice_and_settles(on_anvil: Anvil, start_server: StartServer) -> None:
+    server = await start_server(**on_anvil.settings())
+    chain = Chain(server)
+    alice = await chain.fund("alice", {"USDC": 50 * USDC, "ETH": 10**18})
+    await server.service.stop()
+    again = await start_server(**on_anvil.settings())
+    chain = Chain(again)
+    await chain.caught_up()
+    async with again.client() as client:
+        balances = await client.accounts.GetBalances(accounts_pb2.GetBalancesRequest(address=alice.address))
+        assert {b.token: int(b.available) for b in balances.balances if b.available != "0"} == {
+            "USDC": 50 * USDC,
+            "ETH": 10**18,
+        }
+        payment = (
+            await client.payments.SubmitPayment(pay(alice.address, dev_account("bob").address, "USDC", USDC))
+        ).payment
+        [settled] = await until_final(client, [payment.name])
+    assert settled.status == payments_pb2.PAYMENT_STATUS_COMPLETED
+    await assert_ledger_matches_chain(chain)
+
+
+async def test_a_server_refuses_another_chains_ledger_or_a_contract_it_does_not_operate(
+    on_anvil: Anvil, start_server: StartServer, tmp_path: Path
+) -> None:
+    first = await start_server(**on_anvil.settings())
+    await first.service.stop()
+    with anvil() as other, pytest.raises(StartupError, match="this ledger belongs to chain"):
+        await start_server(**on_anvil.settings(url=str(other.provider.endpoint_uri)))  # type: ignore[attr-defined]
+    with pytest.raises(StartupError, match="is operated by"):
+        await start_server(data_dir=tmp_path / "other", **on_anvil.settings(operator_private_key=ANVIL_KEYS[1]))
+
+
+async def test_a_reorg_that_drops_a_settled_batch_leads_to_one_execution(
+    on_anvil: Anvil, start_server: StartServer
+) -> None:
+    server = await start_server(**on_anvil.settings(confirmations=3))
+    chain = Chain(server)
+    alice = await chain.fund("alice", {"USDC": 50 * USDC})
+    # Deposits wait for 3 blocks too: mine them.
+    for _ in range(2):
+        await on_anvil.request("evm_mine", [])
+    await chain.caught_up()
+    bob = dev_account("bob").address
+    async with server.client() as client:
+        payment = (await client.payments.SubmitPayment(pay(alice.address, bob, "USDC", 5 * USDC))).payment
+
+        async def settled_logs() -> list[Any]:
+            head = await chain.rpc.block_number()
+            return await chain.rpc.logs(chain.contract, [topic("BatchSettled")], 0, head)
+
+        [first] = await wait_for(settled_logs, "the batch to be mined")
+        # The block holding the batch is replaced by an empty one: the batch is no longer on chain.
+        await on_anvil.request("anvil_reorg", [1, []])
+        assert await settled_logs() == [] or (await settled_logs())[0].block_hash != first.block_hash
+
+        async def completed() -> bool:
+            await on_anvil.request("evm_mine", [])
+            return (await payment_status(client, payment.name)).status == payments_pb2.PAYMENT_STATUS_COMPLETED
+
+        await wait_for(completed, "the batch to be sent again and confirmed")
+    contract = SettlementContract(chain.rpc, chain.contract)
+    assert await contract.last_batch_id() == 1
+    assert len(await settled_logs()) == 1
+    assert await chain.token_balance("USDC", bob) == 5 * USDC
+    await assert_ledger_matches_chain(chain)
+
+
+async def test_a_stuck_transaction_is_replaced_with_higher_fees(on_anvil: Anvil, start_server: StartServer) -> None:
+    server = await start_server(**on_anvil.settings(tx_replace_after=0.3))
+    chain = Chain(server)
+    alice = await chain.fund("alice", {"USDC": 50 * USDC})
+    await on_anvil.request("evm_setAutomine", [False])
+    async with server.client() as client:
+        payment = (
+            await client.payments.SubmitPayment(pay(alice.address, dev_account("bob").address, "USDC", USDC))
+        ).payment
+
+        def versions() -> list[tuple[str, int]]:
+            with ledger(server) as db:
+                row = db.execute("SELECT transactions FROM batches").fetchone()
+            return [(t["hash"], t["max_fee_per_gas"]) for t in json.loads(row[0])] if row else []
+
+        async def replaced() -> bool:
+            return len(versions()) >= 2
+
+        await wait_for(replaced, "a replacement")
+        sent = versions()
+        assert sent[1][1] >= sent[0][1] * 1125 // 1000
+        await on_anvil.request("evm_mine", [])
+        await on_anvil.request("evm_setAutomine", [True])
+        [settled] = await until_final(client, [payment.name])
+    assert settled.status == payments_pb2.PAYMENT_STATUS_COMPLETED
+    assert settled.settlement.transaction_hash in {h for h, _ in versions()}
+    assert await SettlementContract(chain.rpc, chain.contract).last_batch_id() == 1
+    await assert_ledger_matches_chain(chain)
+
+
+async def test_while_the_rpc_is_away_payments_queue_and_nothing_is_lost(
+    on_anvil: Anvil, start_server: StartServer
+) -> None:
+    proxy = TcpProxy(on_anvil.port)
+    await proxy.start()
+    try:
+        url = f"http://127.0.0.1:{proxy.port}"
+        server = await start_server(**on_anvil.settings(url=url, rpc_failure_threshold=2, rpc_reset_timeout=0.3))
+        chain = Chain(server)
+        alice = await chain.fund("alice", {"USDC": 50 * USDC})
+        bob = dev_account("bob").address
+        async with server.client() as client:
+            health = health_pb2_grpc.HealthStub(client.channel)
+
+            async def settlement_health() -> int:
+                request = health_pb2.HealthCheckRequest(service=SETTLEMENT_HEALTH)
+                return int((await health.Check(request)).status)
+
+            assert await settlement_health() == health_pb2.HealthCheckResponse.SERVING
+            await proxy.stop()
+            names = [
+                (await client.payments.SubmitPayment(pay(alice.address, bob, "USDC", USDC))).payment.name
+                for _ in range(3)
+            ]
+
+            async def not_serving() -> bool:
+                return await settlement_health() == health_pb2.HealthCheckResponse.NOT_SERVING
+
+            await wait_for(not_serving, "settlement to report NOT_SERVING")
+            assert {(await payment_status(client, n)).status for n in names} <= {
+                payments_pb2.PAYMENT_STATUS_QUEUED,
+                payments_pb2.PAYMENT_STATUS_PROCESSING,
+            }
+            await proxy.start()
+            settled = await until_final(client, names)
+            assert {p.status for p in settled} == {payments_pb2.PAYMENT_STATUS_COMPLETED}
+
+            async def serving() -> bool:
+                return await settlement_health() == health_pb2.HealthCheckResponse.SERVING
+
+            await wait_for(serving, "settlement to report SERVING again")
+        assert await chain.token_balance("USDC", bob) == 3 * USDC
+        await assert_ledger_matches_chain(chain)
+    finally:
+        await proxy.stop()
+
+
+async def test_an_exit_returns_what_the_service_has_not_settled(on_anvil: Anvil, start_server: StartServer) -> None:
+    server = await start_server(**on_anvil.settings())
+    chain = Chain(server)
+    alice = await chain.fund("alice", {"USDC": 10 * USDC})
+    agent = Relayer(chain.rpc, alice, chain.connection.identity.chain_id)
+    await transact(agent, chain.contract, encode_call("requestExit"))
+    await on_anvil.request("evm_increaseTime", [3600])
+    await on_anvil.request("evm_mine", [])
+    before = await chain.token_balance("USDC", alice.address)
+    await transact(agent, chain.contract, encode_call("exit", chain.tokens["USDC"]))
+    assert await chain.token_balance("USDC", alice.address) == before + 10 * USDC
+    assert await SettlementContract(chain.rpc, chain.contract).balance_of(chain.tokens["USDC"], alice.address) == 0
