@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -53,10 +54,11 @@ async def _run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str,
 
 
 class DevServer:
-    def __init__(self, process: asyncio.subprocess.Process, target: str, admin_key: str) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, target: str, admin_key: str, banner: str) -> None:
         self.process = process
         self.target = target
         self.admin_key = admin_key
+        self.banner = banner
 
 
 @pytest.fixture
@@ -73,7 +75,7 @@ async def dev_server(tmp_path: Path) -> AsyncIterator[DevServer]:
     )
     assert process.stdout is not None
     banner = ""
-    while "admin key:" not in banner:
+    while "Ctrl-C stops it." not in banner:
         line = await asyncio.wait_for(process.stdout.readline(), 30)
         assert line, f"agentflow dev exited early: {banner}"
         banner += line.decode()
@@ -81,7 +83,7 @@ async def dev_server(tmp_path: Path) -> AsyncIterator[DevServer]:
     key = re.search(r"admin key:\s+(\S+)", banner)
     assert target is not None
     assert key is not None
-    yield DevServer(process, target.group(1), key.group(1))
+    yield DevServer(process, target.group(1), key.group(1), banner)
     if process.returncode is None:
         process.kill()
         await process.wait()
@@ -110,7 +112,9 @@ async def test_grpcurl_with_the_printed_dev_key_reaches_admin(dev_server: DevSer
         "agentflow.payments.v1.AdminService/ListApiKeys",
     )
     assert code == 0, err
-    assert json.loads(out)["api_keys"][0]["scope"] == "API_KEY_SCOPE_ADMIN"
+    # The bootstrap admin key, and a payer key for each dev agent.
+    scopes = sorted(key["scope"] for key in json.loads(out)["api_keys"])
+    assert scopes == ["API_KEY_SCOPE_ADMIN"] + ["API_KEY_SCOPE_PAYER"] * 3
 
     code, out, err = await _run(
         GRPCURL, "-plaintext", "-d", "{}", dev_server.target, "agentflow.payments.v1.AdminService/ListApiKeys"
@@ -118,6 +122,42 @@ async def test_grpcurl_with_the_printed_dev_key_reaches_admin(dev_server: DevSer
     assert code != 0
     assert "Unauthenticated" in err
     assert '"reason":"API_KEY_MISSING"' in err.replace(" ", "")
+
+
+async def test_a_dev_agent_pays_another_with_its_printed_key_and_the_payment_completes(
+    dev_server: DevServer,
+) -> None:
+    agents = re.findall(r"^  (\w+)\s+(0x[0-9a-fA-F]{40})\n.*\n\s+payer key\s+(\S+)$", dev_server.banner, re.MULTILINE)
+    assert [name for name, _, _ in agents] == ["alice", "bob", "carol"]
+    (_, alice, alice_key), (_, bob, _), _ = agents
+    request = json.dumps({"payer": alice, "payee": bob, "token": "USDC", "amount": "1500000"})
+    auth = f"authorization: Bearer {alice_key}"
+    code, out, err = await _run(
+        GRPCURL, "-plaintext", "-H", auth, "-d", request, dev_server.target,
+        "agentflow.payments.v1.PaymentService/SubmitPayment",
+    )  # fmt: skip
+    assert code == 0, err
+    payment = json.loads(out)["payment"]
+    assert payment["status"] == "PAYMENT_STATUS_QUEUED"
+    deadline = time.monotonic() + 20
+    while payment["status"] != "PAYMENT_STATUS_COMPLETED":
+        assert time.monotonic() < deadline, payment
+        await asyncio.sleep(0.2)
+        code, out, err = await _run(
+            GRPCURL, "-plaintext", "-H", auth, "-d", json.dumps({"name": payment["name"]}), dev_server.target,
+            "agentflow.payments.v1.PaymentService/GetPayment",
+        )  # fmt: skip
+        assert code == 0, err
+        payment = json.loads(out)["payment"]
+    assert payment["settlement"]["transaction_hash"].startswith("0x")
+    # Alice's key may not pay from Bob's address.
+    refused = json.dumps({"payer": bob, "payee": alice, "token": "USDC", "amount": "1"})
+    code, out, err = await _run(
+        GRPCURL, "-plaintext", "-H", auth, "-d", refused, dev_server.target,
+        "agentflow.payments.v1.PaymentService/SubmitPayment",
+    )  # fmt: skip
+    assert code != 0
+    assert "PermissionDenied" in err
 
 
 async def test_sigterm_reports_not_serving_then_exits_cleanly(dev_server: DevServer) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 import sys
@@ -115,6 +116,7 @@ class Service:
         self.endpoints = endpoints
         self._metrics_http = metrics_http
         self.chain = chain
+        self.keys: ApiKeyRegistry | None = None
         self._stopped = False
 
     @classmethod
@@ -228,7 +230,9 @@ class Service:
             "serving",
             extra={"event": "server.started", "grpc_port": port, "metrics_port": metrics_port},
         )
-        return cls(settings, database, engine, server, health_servicer, metrics, endpoints, metrics_http, runtime)
+        service = cls(settings, database, engine, server, health_servicer, metrics, endpoints, metrics_http, runtime)
+        service.keys = registry
+        return service
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful shutdown: report NOT_SERVING, refuse new calls, let in-flight ones finish within
@@ -338,7 +342,9 @@ async def serve(settings: Settings, on_started: Any = None) -> None:
         loop.add_signal_handler(signum, stop.set)
     service = await Service.start(settings)
     if on_started is not None:
-        on_started(service)
+        started = on_started(service)
+        if inspect.isawaitable(started):
+            await started
     try:
         await stop.wait()
         log.info("shutting down", extra={"event": "server.stopping"})

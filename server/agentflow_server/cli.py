@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import os
 import secrets
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,30 +29,58 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {name: value for name in ("listen", "data_dir") if (value := getattr(args, name, None)) is not None}
 
 
-def _dev_banner(admin_key: str, generated: bool) -> Any:
-    def banner(service: Service) -> None:
+def _dev_banner(admin_key: str, generated: bool, fresh_ledger: bool) -> Any:
+    async def banner(service: Service) -> None:
+        from .devchain import DEV_DEPOSITS, fund_dev_agents
+
+        agents = (
+            await fund_dev_agents(service) if service.chain is not None and service.chain.connection.embedded else []
+        )
         host = service.settings.listen.rpartition(":")[0]
         target = f"{host}:{service.endpoints.grpc_port}"
+        ledger = service.settings.ledger_url + (
+            " (new each run: the embedded chain lives in memory)" if fresh_ledger else ""
+        )
         lines = [
             "",
             "AgentFlow Payments dev server",
             f"  gRPC:      {target} (plaintext, reflection on)",
-            f"  ledger:    {service.settings.ledger_url}",
+            f"  ledger:    {ledger}",
         ]
+        if service.chain is not None:
+            identity = service.chain.connection.identity
+            kind = "embedded EVM" if service.chain.connection.embedded else service.settings.chain_rpc_url
+            lines.append(f"  chain:     {identity.chain_id} ({kind}), settlement contract {identity.contract}")
         if service.endpoints.metrics_port is not None:
             lines.append(f"  metrics:   http://{host}:{service.endpoints.metrics_port}/metrics")
         note = " (generated for this run)" if generated else " (from AGENTFLOW_ADMIN_API_KEY)"
+        lines += [f"  admin key: {admin_key}{note}", ""]
+        if agents:
+            deposits = ", ".join(f"{symbol}" for symbol in DEV_DEPOSITS)
+            lines.append(f"Dev agents, each with deposits of {deposits} (dev keys: never use them elsewhere):")
+            for agent in agents:
+                lines += [
+                    f"  {agent.name:<6} {agent.address}",
+                    f"         private key {agent.private_key}",
+                    f"         payer key   {agent.api_key}",
+                ]
+            lines.append("")
         lines += [
-            f"  admin key: {admin_key}{note}",
-            "",
             "Try:",
             f"  grpcurl -plaintext {target} list",
             f"  grpcurl -plaintext -H 'authorization: Bearer {admin_key}' \\",
             f"      -d '{{}}' {target} agentflow.payments.v1.AdminService/ListApiKeys",
-            "",
-            "Ctrl-C stops it.",
-            "",
         ]
+        if len(agents) >= 2:
+            payer, payee = agents[0], agents[1]
+            lines += [
+                f"  grpcurl -plaintext -H 'authorization: Bearer {payer.api_key}' \\",
+                f'      -d \'{{"payer": "{payer.address}", "payee": "{payee.address}", '
+                '"token": "USDC", "amount": "1500000"}\' \\',
+                f"      {target} agentflow.payments.v1.PaymentService/SubmitPayment",
+                "  (then GetPayment with its name: QUEUED, and COMPLETED about a second later)",
+            ]
+        lines += ["", "Ctrl-C stops it.", ""]
         print("\n".join(lines), flush=True)
 
     return banner
@@ -105,12 +135,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     overrides = _overrides(args)
     on_started = None
+    dev_dir: str | None = None
     if args.command == "dev":
         generated = not os.environ.get("AGENTFLOW_ADMIN_API_KEY")
         admin_key = os.environ.get("AGENTFLOW_ADMIN_API_KEY") or KEY_PREFIX + "dev_" + secrets.token_urlsafe(24)
         overrides.setdefault("admin_api_key", admin_key)
         overrides.setdefault("log_format", os.environ.get("AGENTFLOW_LOG_FORMAT", "text"))
-        on_started = _dev_banner(admin_key, generated)
+        # The embedded chain lives in memory, so its ledger cannot outlive it: a new one each run, unless a
+        # data directory is named explicitly.
+        fresh_ledger = (
+            "data_dir" not in overrides
+            and not os.environ.get("AGENTFLOW_DATA_DIR")
+            and not os.environ.get("AGENTFLOW_CHAIN_RPC_URL")
+        )
+        if fresh_ledger:
+            dev_dir = tempfile.mkdtemp(prefix="agentflow-dev-")
+            overrides["data_dir"] = dev_dir
+        on_started = _dev_banner(admin_key, generated, fresh_ledger)
     try:
         settings = load_settings(**overrides)
     except (ValidationError, FileNotFoundError, ValueError) as error:
@@ -124,6 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StartupError as error:
         print(f"agentflow: {error}", file=sys.stderr)
         return EXIT_STARTUP
+    finally:
+        if dev_dir is not None:
+            shutil.rmtree(dev_dir, ignore_errors=True)
     return 0
 
 

@@ -47,6 +47,12 @@ class DepositWatcher:
         self.cursor = start_block
         self._poll_interval = poll_interval
         self._max_range = max_range
+        self._advanced = asyncio.Event()
+
+    async def credited_through(self, block: int) -> None:
+        """Wait until every confirmed deposit up to ``block`` is credited."""
+        while self.cursor < block:
+            await self._advanced.wait()
 
     async def run(self) -> None:
         """Poll until cancelled; chain failures are logged and retried at the next poll."""
@@ -99,4 +105,6 @@ class DepositWatcher:
         # Only once every credit is committed does the position move past them.
         await self._engine.execute(SetChainState(((CURSOR_KEY, str(last)),)))
         self.cursor = last
+        self._advanced.set()
+        self._advanced = asyncio.Event()
         return last < confirmed
