@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -33,8 +37,8 @@ from agentflow_server.chain.relayer import Relayer
 from agentflow_server.chain.rpc import Rpc
 from agentflow_server.engine.model import CHAIN
 
-from .anvil import ANVIL_KEYS, TcpProxy, anvil
-from .conftest import RunningServer, StartServer
+from .anvil import ANVIL_KEYS, TcpProxy, anvil, free_port
+from .conftest import ADMIN_KEY, RunningServer, StartServer
 
 USDC = 10**6
 BOB = dev_account("bob").address
@@ -101,14 +105,22 @@ def ledger(server: RunningServer) -> sqlite3.Connection:
 async def assert_ledger_matches_chain(chain: Chain) -> None:
     """Per token, the contract holds exactly what the ledger's accounts hold (settled fees included)."""
     await chain.caught_up()
-    with ledger(chain.server) as db:
+    await ledger_matches(Path(chain.server.settings.data_dir) / "agentflow.db", chain.rpc, chain.contract, chain.tokens)
+
+
+async def ledger_matches(path: Path, rpc: Rpc, contract: str, tokens: dict[str, str]) -> None:
+    with sqlite3.connect(path) as db:
         rows = db.execute("SELECT address, token, available, reserved, escrowed FROM accounts").fetchall()
     totals: dict[str, int] = {}
     for address, token, available, reserved, escrowed in rows:
         if address != CHAIN:
             totals[token] = totals.get(token, 0) + int(available) + int(reserved) + int(escrowed)
-    for symbol in ("ETH", *chain.tokens):
-        assert await chain.held(symbol) == totals.get(symbol, 0), symbol
+    for symbol in ("ETH", *tokens):
+        if symbol == "ETH":
+            held = await rpc.balance(contract)
+        else:
+            held = int(await read(rpc, tokens[symbol], "balanceOf", contract, contract="TestToken"))
+        assert held == totals.get(symbol, 0), symbol
 
 
 async def payment_status(client: AsyncClient, name: str) -> payments_pb2.Payment:
@@ -340,7 +352,7 @@ async def test_a_server_refuses_another_chains_ledger_or_a_contract_it_does_not_
 ) -> None:
     first = await start_server(**on_anvil.settings())
     await first.service.stop()
-    with anvil() as other, pytest.raises(StartupError, match="this ledger belongs to chain"):
+    with anvil("--chain-id", "31338") as other, pytest.raises(StartupError, match="this ledger belongs to chain"):
         await start_server(**on_anvil.settings(url=str(other.provider.endpoint_uri)))  # type: ignore[attr-defined]
     with pytest.raises(StartupError, match="is operated by"):
         await start_server(data_dir=tmp_path / "other", **on_anvil.settings(operator_private_key=ANVIL_KEYS[1]))
@@ -352,12 +364,16 @@ async def test_a_reorg_that_drops_a_settled_batch_leads_to_one_execution(
     server = await start_server(**on_anvil.settings(confirmations=3))
     chain = Chain(server)
     alice = await chain.fund("alice", {"USDC": 50 * USDC})
-    # Deposits wait for 3 blocks too: mine them.
-    for _ in range(2):
-        await on_anvil.request("evm_mine", [])
-    await chain.caught_up()
     bob = dev_account("bob").address
     async with server.client() as client:
+        # The deposit is in the newest block: with 3 confirmations it is not credited yet...
+        request = accounts_pb2.GetBalancesRequest(address=alice.address, tokens=["USDC"])
+        assert (await client.accounts.GetBalances(request)).balances[0].available == "0"
+        for _ in range(2):
+            await on_anvil.request("evm_mine", [])
+        await chain.caught_up()
+        # ...and is once two more blocks are on top of it.
+        assert (await client.accounts.GetBalances(request)).balances[0].available == str(50 * USDC)
         payment = (await client.payments.SubmitPayment(pay(alice.address, bob, "USDC", 5 * USDC))).payment
 
         async def settled_logs() -> list[Any]:
@@ -470,3 +486,93 @@ async def test_an_exit_returns_what_the_service_has_not_settled(on_anvil: Anvil,
     await transact(agent, chain.contract, encode_call("exit", chain.tokens["USDC"]))
     assert await chain.token_balance("USDC", alice.address) == before + 10 * USDC
     assert await SettlementContract(chain.rpc, chain.contract).balance_of(chain.tokens["USDC"], alice.address) == 0
+
+
+async def test_a_server_killed_between_sending_a_batch_and_its_receipt_settles_it_once(
+    on_anvil: Anvil, tmp_path: Path
+) -> None:
+    rpc = Rpc.http(on_anvil.url)
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        operator = Relayer(rpc, on_anvil.operator, await rpc.chain_id())
+        alice = dev_account("alice")
+        agent = Relayer(rpc, alice, operator.chain_id)
+        await fund_dev_agent(operator, agent, on_anvil.contract, on_anvil.tokens, {"USDC": 100 * USDC})
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFLOW_")}
+        env.update(
+            {
+                f"AGENTFLOW_{k.upper()}": json.dumps(v) if isinstance(v, dict) else str(v)
+                for k, v in on_anvil.settings().items()
+            }
+        )
+        env.update(
+            AGENTFLOW_LISTEN=f"127.0.0.1:{port}",
+            AGENTFLOW_DATA_DIR=str(tmp_path / "data"),
+            AGENTFLOW_ADMIN_API_KEY=ADMIN_KEY,
+            AGENTFLOW_METRICS_LISTEN="",
+            AGENTFLOW_LOG_LEVEL="WARNING",
+        )
+
+        async def start() -> subprocess.Popen[bytes]:
+            process = _spawn_server(env)
+            processes.append(process)
+
+            async def healthy() -> bool:
+                try:
+                    async with AsyncClient(f"127.0.0.1:{port}", ADMIN_KEY, timeout=2) as client:
+                        request = accounts_pb2.GetBalancesRequest(address=alice.address, tokens=["USDC"])
+                        return (await client.accounts.GetBalances(request)).balances[0].available != "0"
+                except Exception:
+                    assert process.poll() is None, "the server exited"
+                    return False
+
+            await wait_for(healthy, "the server to start and credit the deposit")
+            return process
+
+        process = await start()
+        await on_anvil.request("evm_setAutomine", [False])
+        async with AsyncClient(f"127.0.0.1:{port}", ADMIN_KEY, timeout=10) as client:
+            names = [
+                (await client.payments.SubmitPayment(pay(alice.address, BOB, "USDC", 2 * USDC))).payment.name
+                for _ in range(3)
+            ]
+
+        def sent() -> bool:
+            with sqlite3.connect(tmp_path / "data" / "agentflow.db") as db:
+                rows = db.execute("SELECT transactions FROM batches").fetchall()
+            return any(json.loads(row[0]) for row in rows)
+
+        async def batch_sent() -> bool:
+            return sent()
+
+        await wait_for(batch_sent, "the batch transaction to be recorded and sent")
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        # The transaction the dead server sent is mined; it never saw the receipt.
+        await on_anvil.request("evm_mine", [])
+        await on_anvil.request("evm_setAutomine", [True])
+        await start()
+        async with AsyncClient(f"127.0.0.1:{port}", ADMIN_KEY, timeout=10) as client:
+            settled = await until_final(client, names)
+        assert {p.status for p in settled} == {payments_pb2.PAYMENT_STATUS_COMPLETED}
+        assert await SettlementContract(rpc, on_anvil.contract).last_batch_id() == 1
+        assert int(await read(rpc, on_anvil.tokens["USDC"], "balanceOf", BOB, contract="TestToken")) == 6 * USDC
+        await ledger_matches(tmp_path / "data" / "agentflow.db", rpc, on_anvil.contract, on_anvil.tokens)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(10)
+        await rpc.close()
+
+
+def _env_value(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return json.dumps(value) if isinstance(value, dict) else str(value)
+
+
+def _spawn_server(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``agentflow serve`` in its own process, so that it can be killed outright."""
+    return subprocess.Popen([str(Path(sys.executable).parent / "agentflow"), "serve"], env=env)
