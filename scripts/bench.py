@@ -7,7 +7,9 @@ and from this process, as the client, measures in one run:
 - unary SubmitPayment at 64 in flight;
 - SubmitPayments in calls of 100;
 - SubmitPayment latency (p50, p99) at an offered 1,000 payments a second;
-- the server's RSS with at least 100,000 payments in the queue.
+- the server's RSS with at least 100,000 payments in the queue;
+- on anvil, through a server settling on it (scripts/bench_chain.py): gas per payment in a batch of 200
+  ERC-20 payments against one transfer alone, and payments from SubmitPayment to COMPLETED.
 
 Both baseline and payments go through the same channel and client code, so the ratio says what the
 payment path costs on top of gRPC itself. Prints a table, then one JSON line.
@@ -33,6 +35,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentflow_payments.v1 import payments_pb2, payments_pb2_grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_chain import measure_chain
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNTS = 64
@@ -122,10 +127,12 @@ async def run(quick: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="agentflow-bench-") as data_dir:
         process, ready = await start_server(data_dir)
         try:
-            return await measure(ready, seconds, latency_seconds)
+            result = await measure(ready, seconds, latency_seconds)
         finally:
             process.terminate()
             await process.wait()
+    result.update(await measure_chain(5.0 if quick else 30.0))
+    return result
 
 
 async def measure(ready: dict[str, Any], seconds: float, latency_seconds: float) -> dict[str, Any]:
@@ -211,6 +218,19 @@ def main() -> None:
             f"{result['rss_mb_100k_queued']:.0f} MB",
             "target < 300 MB",
         ),
+        ("anvil: one ERC-20 transfer alone", f"{result['gas_per_transfer_single']:,} gas", "baseline"),
+        (
+            "anvil: per payment, batch of 200 ERC-20",
+            f"{result['gas_per_payment_batch200']:,.0f} gas",
+            f"{result['gas_ratio']:.1%} of one transfer (target <= 35%)",
+        ),
+        (
+            f"anvil: SubmitPayment to COMPLETED, {result['e2e_offered_per_s']:,.0f}/s offered "
+            f"for {result['e2e_seconds']:.0f} s",
+            f"{result['e2e_completed_per_s']:,.0f} payments/s",
+            "target >= 2,000",
+        ),
+        ("anvil: time to COMPLETED p50 / p99", f"{result['e2e_p50_s']:.2f} / {result['e2e_p99_s']:.2f} s", ""),
     ]
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}}  {'result':>20}  note")

@@ -397,6 +397,34 @@ async def test_a_reorg_that_drops_a_settled_batch_leads_to_one_execution(
     await assert_ledger_matches_chain(chain)
 
 
+async def test_a_batch_that_runs_out_of_its_gas_budget_is_sent_again_with_an_estimate(
+    anvil_node: Anvil, start_server: StartServer
+) -> None:
+    rpc = Rpc.http(anvil_node.url)
+    try:
+        relayer = Relayer(rpc, anvil_node.operator, await rpc.chain_id())
+        anvil_node.contract = await deploy_settlement(
+            relayer, [dev_account(f"fees {i}").address for i in range(4)], 3600
+        )
+        # "USDC" here is a token whose transfers cost 60,000 gas more than the per-item budget allows for.
+        anvil_node.tokens = {"USDC": await deploy(relayer, "CostlyToken", 60_000)}
+    finally:
+        await rpc.close()
+    server = await start_server(**anvil_node.settings())
+    chain = Chain(server)
+    alice = await chain.fund("alice", {"USDC": 50 * USDC})
+    async with server.client() as client:
+        payment = (await client.payments.SubmitPayment(pay(alice.address, BOB, "USDC", USDC))).payment
+        [settled] = await until_final(client, [payment.name])
+        assert settled.status == payments_pb2.PAYMENT_STATUS_COMPLETED
+        batch = (await client.payments.GetBatch(payments_pb2.GetBatchRequest(name=settled.settlement.batch))).batch
+    # The first transaction ran out of gas and reverted; the second was sized by the node's estimate.
+    assert batch.attempts == 2
+    assert await SettlementContract(chain.rpc, chain.contract).last_batch_id() == 1
+    assert await chain.token_balance("USDC", BOB) == USDC
+    await assert_ledger_matches_chain(chain)
+
+
 async def test_a_stuck_transaction_is_replaced_with_higher_fees(on_anvil: Anvil, start_server: StartServer) -> None:
     server = await start_server(**on_anvil.settings(tx_replace_after=0.3))
     chain = Chain(server)

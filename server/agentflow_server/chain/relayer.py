@@ -158,14 +158,16 @@ class Relayer:
         self,
         versions: list[SignedTransaction],
         before_replacing: Callable[[SignedTransaction], Awaitable[None]] | None = None,
+        logs_of: str | None = None,
     ) -> Receipt:
         """Wait until one version of the transaction is mined, replacing the newest one each time it stays
         unmined for ``replace_after``. ``versions`` grows with the replacements sent; ``before_replacing``
-        sees each one before it is broadcast (to record it). Bound it with ``asyncio.timeout`` as needed."""
+        sees each one before it is broadcast (to record it); ``logs_of`` keeps only that contract's logs in the
+        receipt. Bound it with ``asyncio.timeout`` as needed."""
         last_sent = time.monotonic()
         while True:
             for version in reversed(versions):
-                receipt = await self.rpc.receipt(version.hash)
+                receipt = await self.rpc.receipt(version.hash, logs_of)
                 if receipt is not None:
                     return receipt
             now = time.monotonic()

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 from eth_typing import ChecksumAddress, HexAddress, HexStr
+from eth_utils.address import to_checksum_address
 from hexbytes import HexBytes
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import ContractCustomError, ContractLogicError, TransactionNotFound, Web3Exception, Web3RPCError
@@ -85,6 +86,9 @@ class Rpc:
     ) -> None:
         self.w3 = AsyncWeb3(provider)
         self._timeout = timeout
+        # A JSON-RPC node's receipts are read raw: web3's formatting of a batch's thousand token logs cost
+        # more than the rest of the batch. (The embedded EVM answers in another shape: web3 reads those.)
+        self._raw_receipts = isinstance(provider, AsyncHTTPProvider)
         # Open after repeated failures to reach the node: calls then fail at once, without waiting.
         self.breaker = breaker or CircuitBreaker()
 
@@ -192,24 +196,42 @@ class Rpc:
         async with self._boundary("eth_sendRawTransaction"):
             return HexBytes(await self.w3.eth.send_raw_transaction(raw)).to_0x_hex()
 
-    async def receipt(self, transaction_hash: str) -> Receipt | None:
-        """The receipt, or None while the transaction is not mined (or unknown)."""
+    async def receipt(self, transaction_hash: str, logs_of: str | None = None) -> Receipt | None:
+        """The receipt, or None while the transaction is not mined (or unknown). With ``logs_of``, only
+        that contract's logs are kept."""
+        keep = logs_of.lower() if logs_of is not None else None
+        if self._raw_receipts:
+            raw = await self.request("eth_getTransactionReceipt", [transaction_hash])
+            if raw is None or raw.get("blockNumber") is None:
+                return None
+            return Receipt(
+                transaction_hash=raw["transactionHash"],
+                status=int(raw["status"], 16),
+                block_number=int(raw["blockNumber"], 16),
+                block_hash=raw["blockHash"],
+                gas_used=int(raw["gasUsed"], 16),
+                effective_gas_price=int(raw.get("effectiveGasPrice") or "0x0", 16),
+                logs=tuple(_json_log(item) for item in raw["logs"] if keep is None or item["address"].lower() == keep),
+                contract_address=to_checksum_address(raw["contractAddress"]) if raw.get("contractAddress") else None,
+            )
         async with self._boundary("eth_getTransactionReceipt"):
             try:
-                raw: Any = await self.w3.eth.get_transaction_receipt(HexStr(transaction_hash))
+                formatted: Any = await self.w3.eth.get_transaction_receipt(HexStr(transaction_hash))
             except TransactionNotFound:
                 return None
-        if raw is None or raw.get("blockNumber") is None:
+        if formatted is None or formatted.get("blockNumber") is None:
             return None
         return Receipt(
-            transaction_hash=HexBytes(raw["transactionHash"]).to_0x_hex(),
-            status=int(raw["status"]),
-            block_number=int(raw["blockNumber"]),
-            block_hash=HexBytes(raw["blockHash"]).to_0x_hex(),
-            gas_used=int(raw["gasUsed"]),
-            effective_gas_price=int(raw.get("effectiveGasPrice") or 0),
-            logs=tuple(_log(item) for item in raw["logs"]),
-            contract_address=str(raw["contractAddress"]) if raw.get("contractAddress") else None,
+            transaction_hash=HexBytes(formatted["transactionHash"]).to_0x_hex(),
+            status=int(formatted["status"]),
+            block_number=int(formatted["blockNumber"]),
+            block_hash=HexBytes(formatted["blockHash"]).to_0x_hex(),
+            gas_used=int(formatted["gasUsed"]),
+            effective_gas_price=int(formatted.get("effectiveGasPrice") or 0),
+            logs=tuple(
+                _log(item) for item in formatted["logs"] if keep is None or str(item["address"]).lower() == keep
+            ),
+            contract_address=str(formatted["contractAddress"]) if formatted.get("contractAddress") else None,
         )
 
     async def request(self, method: str, params: list[Any]) -> Any:
@@ -223,6 +245,18 @@ class Rpc:
 
 def _address(value: str) -> ChecksumAddress:
     return ChecksumAddress(HexAddress(HexStr(value)))
+
+
+def _json_log(item: dict[str, Any]) -> Log:
+    return Log(
+        address=item["address"],
+        topics=tuple(bytes.fromhex(t[2:]) for t in item["topics"]),
+        data=bytes.fromhex(item["data"][2:]),
+        block_number=int(item["blockNumber"], 16),
+        block_hash=item["blockHash"],
+        transaction_hash=item["transactionHash"],
+        log_index=int(item["logIndex"], 16),
+    )
 
 
 def _log(item: Any) -> Log:

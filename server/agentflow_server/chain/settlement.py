@@ -22,10 +22,20 @@ from ..engine.model import Batch, BatchStatus, Payment, SentTransaction
 from ..ledger.batches import BatchReader
 from ..tokens import TokenRegistry
 from .contract import ETH_ADDRESS, Item, SettlementContract, decode_batch_logs, encode_settle, topic
-from .relayer import Relayer, SignedTransaction
+from .relayer import GAS_CAP, Relayer, SignedTransaction
 from .rpc import CallReverted, ChainError, ChainRequestRefused, ChainUnavailable, Receipt
 
 log = logging.getLogger("agentflow.chain.settlement")
+
+# The most gas one item may take: a token transfer to a new holder through a token with a block list, or an
+# ETH payout to a new account whose code spends all of its stipend; each with its calldata. A batch's gas
+# limit is the sum (the transaction pays only what it uses), so no estimate is needed, and the sum keeps a
+# batch under the per-transaction cap.
+TOKEN_ITEM_GAS = 40_000
+ETH_ITEM_GAS = 70_000
+# The call itself (the batch id's first write), and per token: its fees' first write and the cold token.
+BATCH_BASE_GAS = 60_000
+TOKEN_GROUP_GAS = 30_000
 
 
 @dataclass(frozen=True)
@@ -124,11 +134,19 @@ class SettlementStage:
         if queued < size and now - self._waiting_since < self.config.batch_timeout:
             return []
         # Earliest deadlines first across tokens; then grouped by token, as the contract takes them.
-        candidates = sorted(
+        candidates = []
+        gas = BATCH_BASE_GAS
+        symbols: set[str] = set()
+        for deadline, symbol, payment_id in sorted(
             (deadline, symbol, payment_id)
             for symbol, queue in queues.items()
             for deadline, payment_id in queue.peek(size)
-        )[:size]
+        )[:size]:
+            gas += self._item_gas(symbol) + (TOKEN_GROUP_GAS if symbol not in symbols else 0)
+            symbols.add(symbol)
+            if gas > GAS_CAP:
+                break  # the gas cap closes the batch before max_batch_size
+            candidates.append((deadline, symbol, payment_id))
         order = {token.symbol: index for index, token in enumerate(self._tokens)}
         candidates.sort(key=lambda c: (order.get(c[1], len(order)), c[0]))
         return [payment_id for _, _, payment_id in candidates]
@@ -154,7 +172,9 @@ class SettlementStage:
         failures = 0
         while True:
             try:
-                receipt = await self._send_and_confirm(batch, payments)
+                # After a failure the node estimates the gas: a limit from the bounds that proved too low
+                # (a token with costly hooks) must not fail every retry the same way.
+                receipt = await self._send_and_confirm(batch, payments, estimate=failures > 0)
                 await self._settle(batch, receipt)
                 return
             except BatchFailed as error:
@@ -169,6 +189,13 @@ class SettlementStage:
                     return
                 log.warning("%s attempt %d failed, retrying: %s", batch.name, failures, error)
                 await asyncio.sleep(min(self.config.backoff * 2 ** (failures - 1), 30.0))
+
+    def _item_gas(self, symbol: str) -> int:
+        return ETH_ITEM_GAS if self._tokens.get(symbol).native else TOKEN_ITEM_GAS
+
+    def _gas_limit(self, payments: list[Payment]) -> int:
+        groups = len({p.token for p in payments})
+        return min(GAS_CAP, BATCH_BASE_GAS + TOKEN_GROUP_GAS * groups + sum(self._item_gas(p.token) for p in payments))
 
     def _calldata(self, batch: Batch, payments: list[Payment]) -> bytes:
         groups: list[tuple[str, list[Item]]] = []
@@ -213,7 +240,7 @@ class SettlementStage:
             for t in batch.transactions
         ]
 
-    async def _send_and_confirm(self, batch: Batch, payments: list[Payment]) -> Receipt:
+    async def _send_and_confirm(self, batch: Batch, payments: list[Payment], estimate: bool) -> Receipt:
         data = self._calldata(batch, payments)
         versions = self._versions(batch, data)
         receipt = await self._mined_version(versions)
@@ -226,7 +253,8 @@ class SettlementStage:
             versions = []  # its nonce went to another transaction: sign afresh
         if receipt is None and not versions:
             try:
-                signed = await self._relayer.prepare(self._contract.address, data)
+                gas = None if estimate else self._gas_limit(payments)
+                signed = await self._relayer.prepare(self._contract.address, data, gas=gas)
             except CallReverted as error:
                 await self._resync_chain_id(batch)
                 raise BatchFailed(f"the contract refuses the batch: {error}") from error
@@ -238,7 +266,9 @@ class SettlementStage:
             versions = [signed]
         while True:
             if receipt is None:
-                receipt = await self._relayer.wait(versions, lambda signed: self._record(batch, signed))
+                receipt = await self._relayer.wait(
+                    versions, lambda signed: self._record(batch, signed), self._contract.address
+                )
             if receipt.status != 1:
                 await self._resync_chain_id(batch)
                 raise BatchFailed(f"transaction {receipt.transaction_hash} reverted")
@@ -256,7 +286,7 @@ class SettlementStage:
 
     async def _mined_version(self, versions: list[SignedTransaction]) -> Receipt | None:
         for version in reversed(versions):
-            receipt = await self._rpc.receipt(version.hash)
+            receipt = await self._rpc.receipt(version.hash, self._contract.address)
             if receipt is not None:
                 return receipt
         return None
@@ -267,7 +297,7 @@ class SettlementStage:
             await self._relayer.broadcast(version)
         except ChainRequestRefused as error:
             if "nonce too low" in str(error).lower():
-                return await self._rpc.receipt(version.hash) is not None
+                return await self._rpc.receipt(version.hash, self._contract.address) is not None
             raise
         return True
 
@@ -280,7 +310,7 @@ class SettlementStage:
         )
         if not logs:
             return None
-        return await self._rpc.receipt(logs[-1].transaction_hash)
+        return await self._rpc.receipt(logs[-1].transaction_hash, self._contract.address)
 
     async def _confirm(self, receipt: Receipt) -> Receipt | None:
         """Wait for the confirmations; the receipt as it then stands, or None if its block left the chain."""
@@ -289,7 +319,7 @@ class SettlementStage:
         while head < wanted:
             await asyncio.sleep(self.config.poll_interval)
             head = await self._rpc.block_number()
-        again = await self._rpc.receipt(receipt.transaction_hash)
+        again = await self._rpc.receipt(receipt.transaction_hash, self._contract.address)
         block = await self._rpc.block(receipt.block_number)
         if again is None or block is None or again.block_hash != block.hash:
             return None
