@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
 from web3.providers.eth_tester import AsyncEthereumTesterProvider
 
 from agentflow_server.breaker import BreakerState, CircuitBreaker
+from agentflow_server.chain.contract import Item, encode_call, encode_settle
 from agentflow_server.chain.deploy import dev_account
 from agentflow_server.chain.relayer import Relayer, RelayerConfig
 from agentflow_server.chain.rpc import Rpc
@@ -74,3 +77,22 @@ async def test_fees_follow_the_base_fee_under_the_cap_and_replacements_pay_at_le
     # Nonces are handed out in order.
     following = await relayer.prepare(dev_account("payee").address, b"", value=1, gas=21_000)
     assert following.nonce == signed.nonce + 1
+
+
+def test_the_hand_laid_settle_calldata_is_what_eth_abi_encodes() -> None:
+    rng = random.Random(3)
+
+    def address() -> str:
+        return "0x" + rng.randbytes(20).hex()
+
+    for groups in ([], [(address(), [])], [(address(), [Item(address(), address(), 0, 2**256 - 1)])]):
+        assert encode_settle(7, groups) == encode_call("settle", 7, _plain(groups))
+    groups = [
+        (address(), [Item(address(), address(), rng.randrange(2**200), rng.randrange(2**64)) for _ in range(n)])
+        for n in (3, 1, 40)
+    ]
+    assert encode_settle(2**255, groups) == encode_call("settle", 2**255, _plain(groups))
+
+
+def _plain(groups: list[tuple[str, list[Item]]]) -> list[tuple[str, list[tuple[str, str, int, int]]]]:
+    return [(token, [(i.payer, i.payee, i.amount, i.fee) for i in items]) for token, items in groups]

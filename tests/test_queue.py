@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from agentflow_server.engine.model import Priority
 from agentflow_server.engine.queue import QueuePolicy, SettlementQueue
 
@@ -69,3 +71,19 @@ def test_a_second_push_replaces_the_first() -> None:
     push(queue, "a", Priority.URGENT, 1.0)
     assert len(queue) == 2
     assert queue.pop(5) == ["a", "b"]
+
+
+def test_peek_shows_the_front_in_order_and_takes_nothing() -> None:
+    queue = SettlementQueue()
+    rng = random.Random(7)
+    for i in range(2_000):
+        queue.push(f"p{i}", rng.choice(list(Priority)), rng.uniform(0, 1000), rng.randrange(1, 10**9), 6)
+    for i in range(0, 2_000, 3):
+        queue.remove(f"p{i}")
+    front = queue.peek(250)
+    assert len(queue) == 2_000 - len(range(0, 2_000, 3))
+    assert [payment_id for _, payment_id in front] == queue.pop(250)
+    assert [deadline for deadline, _ in front] == sorted(deadline for deadline, _ in front)
+    rest = queue.peek(10**6)
+    assert len(rest) == len(queue)
+    assert [payment_id for _, payment_id in rest] == queue.pop(10**6)

@@ -112,17 +112,38 @@ def deployment_code(contract: str, *args: Any) -> bytes:
 
 def encode_settle(batch_id: int, groups: Sequence[tuple[str, Sequence[Item]]]) -> bytes:
     """Calldata for ``settle(batchId, [(token, [(from, to, amount, fee)])])``; items are numbered in this
-    order across the groups."""
-    payload = [(token, [(item.payer, item.payee, item.amount, item.fee) for item in items]) for token, items in groups]
-    return encode_call("settle", batch_id, payload)
+    order across the groups.
+
+    Laid out by hand (the ABI's head/tail encoding of this one signature): eth-abi's general encoder, with
+    its per-value validation, took a tenth of a millisecond per item. A test holds it equal to eth-abi's.
+    """
+    word = _word
+    parts = [selector("settle"), word(batch_id), word(64), word(len(groups))]
+    # Each group is a dynamic tuple: its offset from the start of the offsets, then its own encoding.
+    offset = 32 * len(groups)
+    encoded_groups = []
+    for token, items in groups:
+        body = [_address_word(token), word(64), word(len(items))]
+        for item in items:
+            body += (_address_word(item.payer), _address_word(item.payee), word(item.amount), word(item.fee))
+        encoded = b"".join(body)
+        parts.append(word(offset))
+        offset += len(encoded)
+        encoded_groups.append(encoded)
+    return b"".join(parts) + b"".join(encoded_groups)
 
 
-def constructor_data(owner: str, operator: str, fee_recipients: Sequence[str], exit_delay: int) -> bytes:
-    """Deployment code of the settlement contract with its constructor arguments."""
-    code = bytes.fromhex(artifact(SETTLEMENT).bytecode.removeprefix("0x"))
-    return code + encode(
-        ["address", "address", "address[4]", "uint256"], [owner, operator, list(fee_recipients), exit_delay]
-    )
+def _word(value: int) -> bytes:
+    if not 0 <= value < 2**256:
+        raise ValueError(f"{value} does not fit a uint256")
+    return value.to_bytes(32, "big")
+
+
+def _address_word(address: str) -> bytes:
+    raw = bytes.fromhex(address[2:] if address.startswith("0x") else address)
+    if len(raw) != 20:
+        raise ValueError(f"{address!r} is not a 20-byte address")
+    return bytes(12) + raw
 
 
 def decode_deposited(log: Log) -> Deposited:

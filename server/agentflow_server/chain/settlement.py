@@ -168,7 +168,7 @@ class SettlementStage:
 
     async def _drive(self, batch: Batch) -> None:
         """Take a batch to CONFIRMED (its payments COMPLETED), or after its retries to FAILED."""
-        payments = await self._reader.payments(batch)
+        payments = self._engine.processing(batch.payment_ids) or await self._reader.payments(batch)
         failures = 0
         while True:
             try:

@@ -169,6 +169,9 @@ class Engine:
         # What in-flight groups made, by the group that last touched it (seq), for the reads of the next.
         self._inflight_records: dict[tuple[str, str], tuple[int, IdempotencyRecord]] = {}
         self._inflight_payments: dict[str, tuple[int, Payment]] = {}
+        # Committed payments in a batch under way, as committed: the batch's settlement names them all again,
+        # and reading hundreds back from the database for it cost more than settling them.
+        self._processing: dict[str, Payment] = {}
         self._group_seq = 0
         # Payments accepted by groups still committing: the queue holds them only once they commit.
         self._inflight_queued: Counter[str] = Counter()
@@ -408,6 +411,11 @@ class Engine:
         assert self._inflight[0] is group
         self._inflight.pop(0)
         self._forget_inflight(group)
+        for changed in group.write.changed_payments.values():
+            if changed.status is PaymentStatus.PROCESSING:
+                self._processing[changed.payment_id] = changed
+            else:
+                self._processing.pop(changed.payment_id, None)
         for payment in group.removals:
             self.queues[payment.token].remove(payment.payment_id)
         for payment in group.pushes:
@@ -491,6 +499,12 @@ class Engine:
         inflight = {payment_id: payment for payment_id, (_, payment) in self._inflight_payments.items()}
         to_read = [k for k in idempotency_keys if k not in records]
         payments = {i: inflight[i] for i in payment_ids if i in inflight}
+        # A copy: this group's changes must not reach the committed state unless it commits.
+        payments.update(
+            (i, dataclasses.replace(self._processing[i]))
+            for i in payment_ids
+            if i not in payments and i in self._processing
+        )
         payments.update(
             (pid, inflight[pid])
             for pid in (r.resource.removeprefix("payments/") for r in records.values())
@@ -505,6 +519,13 @@ class Engine:
             for key, balance in balances.items():
                 self._balances.setdefault(key, balance)
         group.idempotency, group.payments = records, payments
+
+    def processing(self, payment_ids: Sequence[str]) -> list[Payment] | None:
+        """Copies of these committed PROCESSING payments, in order, if the engine holds them all."""
+        found = [self._processing.get(payment_id) for payment_id in payment_ids]
+        if any(payment is None for payment in found):
+            return None
+        return [dataclasses.replace(payment) for payment in found if payment is not None]
 
     def _undo(self, group: _Group) -> None:
         for key, before in group.balance_undo.items():

@@ -75,14 +75,22 @@ class SettlementQueue:
         return taken
 
     def peek(self, count: int) -> list[tuple[float, str]]:
-        """The first ``count`` payments and their deadlines, in order, left in the queue."""
-        want = count
-        while True:
-            front = heapq.nsmallest(want, self._heap)
-            live = [(deadline, pid) for deadline, counter, pid in front if self._live.get(pid) == counter]
-            if len(live) >= count or len(front) < want:
-                return live[:count]
-            want *= 2
+        """The first ``count`` payments and their deadlines, in order, left in the queue.
+
+        Walks the heap from its root, smallest first, so it costs O(count log count) however long the queue
+        (a backlog of a hundred thousand must not make every batch pay for all of it).
+        """
+        heap = self._heap
+        found: list[tuple[float, str]] = []
+        frontier: list[tuple[tuple[float, int, str], int]] = [(heap[0], 0)] if heap else []
+        while frontier and len(found) < count:
+            (deadline, counter, payment_id), index = heapq.heappop(frontier)
+            if self._live.get(payment_id) == counter:
+                found.append((deadline, payment_id))
+            for child in (2 * index + 1, 2 * index + 2):
+                if child < len(heap):
+                    heapq.heappush(frontier, (heap[child], child))
+        return found
 
     def _compact(self) -> None:
         # Removed entries stay in the heap until popped; rebuild when they are most of it.
