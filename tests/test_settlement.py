@@ -21,8 +21,16 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from agentflow_payments import AsyncClient, FailedPrecondition
-from agentflow_payments.v1 import accounts_pb2, payments_pb2
+from agentflow_payments import (
+    AlreadyExists,
+    AsyncClient,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Reason,
+)
+from agentflow_payments.v1 import accounts_pb2, admin_pb2, payments_pb2
 from agentflow_server.app import SETTLEMENT_HEALTH, StartupError
 from agentflow_server.chain.contract import SettlementContract, encode_call, read, topic
 from agentflow_server.chain.deploy import (
@@ -604,3 +612,96 @@ def _env_value(value: object) -> str:
 def _spawn_server(env: dict[str, str]) -> subprocess.Popen[bytes]:
     """``agentflow serve`` in its own process, so that it can be killed outright."""
     return subprocess.Popen([str(Path(sys.executable).parent / "agentflow"), "serve"], env=env)
+
+
+# -- withdrawals ----------------------------------------------------------------------------------------------
+
+
+async def payer_key(server: RunningServer, address: str) -> str:
+    async with server.client() as admin:
+        request = admin_pb2.CreateApiKeyRequest(
+            display_name="payer", scope=admin_pb2.API_KEY_SCOPE_PAYER, addresses=[address]
+        )
+        return str((await admin.admin.CreateApiKey(request)).secret)
+
+
+async def test_a_withdrawal_pays_out_on_chain_once_and_is_refused_what_it_may_not_do(embedded: RunningServer) -> None:
+    chain = Chain(embedded)
+    alice = await chain.fund("alice", {"USDC": 100 * USDC, "ETH": 10**18})
+    carol = dev_account("carol").address
+    own_key = await payer_key(embedded, alice.address)
+    other_key = await payer_key(embedded, carol)
+
+    def withdraw(amount: int, **fields: str) -> accounts_pb2.WithdrawRequest:
+        values = {"address": alice.address, "token": "USDC", "amount": str(amount), **fields}
+        return accounts_pb2.WithdrawRequest(**values)
+
+    before_alice = await chain.token_balance("USDC", alice.address)
+    async with embedded.client(own_key) as client:
+        first = (await client.accounts.Withdraw(withdraw(30 * USDC, request_id="w-1"))).withdrawal
+        assert first.name.startswith("withdrawals/")
+        assert first.status == accounts_pb2.WITHDRAWAL_STATUS_QUEUED
+        assert (first.destination, first.amount) == (alice.address, str(30 * USDC))
+        # The same request again is the same withdrawal; another request under its id is a conflict.
+        again = (await client.accounts.Withdraw(withdraw(30 * USDC, request_id="w-1"))).withdrawal
+        assert again.name == first.name
+        with pytest.raises(AlreadyExists) as conflict:
+            await client.accounts.Withdraw(withdraw(31 * USDC, request_id="w-1"))
+        assert conflict.value.reason is Reason.IDEMPOTENCY_CONFLICT
+        elsewhere = (await client.accounts.Withdraw(withdraw(20 * USDC, destination=carol.lower()))).withdrawal
+        assert elsewhere.destination == carol
+        with pytest.raises(FailedPrecondition) as short:
+            await client.accounts.Withdraw(withdraw(51 * USDC))
+        assert short.value.reason is Reason.INSUFFICIENT_BALANCE
+        for bad, field in (
+            (withdraw(0), "amount"),
+            (withdraw(1, token="DOGE"), "token"),
+            (withdraw(1, destination="0x12"), "destination"),
+        ):
+            with pytest.raises(InvalidArgument) as invalid:
+                await client.accounts.Withdraw(bad)
+            assert [v.field for v in invalid.value.field_violations] == [field]
+        # A withdrawal is not a payment: payment reads do not show it.
+        listed = await client.payments.ListPayments(payments_pb2.ListPaymentsRequest(payer=alice.address))
+        assert list(listed.payments) == []
+        with pytest.raises(NotFound):
+            await client.payments.GetPayment(
+                payments_pb2.GetPaymentRequest(name="payments/" + first.name.removeprefix("withdrawals/"))
+            )
+    async with embedded.client(other_key) as client:
+        with pytest.raises(PermissionDenied):
+            await client.accounts.Withdraw(withdraw(USDC))
+
+    def completed() -> set[str]:
+        with ledger(embedded) as db:
+            rows = db.execute("SELECT resource FROM events WHERE type = 'withdrawal.completed'").fetchall()
+        return {resource for (resource,) in rows}
+
+    async def both_completed() -> bool:
+        return completed() == {first.name, elsewhere.name}
+
+    await wait_for(both_completed, "the withdrawals to complete")
+    assert await chain.token_balance("USDC", alice.address) == before_alice + 30 * USDC
+    assert await chain.token_balance("USDC", carol) == 20 * USDC
+    async with embedded.client() as client:
+        balances = await client.accounts.GetBalances(
+            accounts_pb2.GetBalancesRequest(address=alice.address, tokens=["USDC"])
+        )
+        assert (balances.balances[0].available, balances.balances[0].reserved) == (str(50 * USDC), "0")
+        entries = await client.accounts.ListLedgerEntries(
+            accounts_pb2.ListLedgerEntriesRequest(address=alice.address, token="USDC")
+        )
+        assert {e.kind for e in entries.entries} >= {accounts_pb2.LEDGER_ENTRY_KIND_WITHDRAWAL}
+    with ledger(embedded) as db:
+        types = [t for (t,) in db.execute("SELECT type FROM events WHERE resource = ?", (first.name,))]
+    assert types == ["withdrawal.queued", "withdrawal.processing", "withdrawal.completed"]
+    await assert_ledger_matches_chain(chain)
+
+
+async def test_a_replica_that_does_not_settle_refuses_withdrawals(server: RunningServer) -> None:
+    async with server.client() as client:
+        with pytest.raises(FailedPrecondition) as refused:
+            await client.accounts.Withdraw(
+                accounts_pb2.WithdrawRequest(address=dev_account("carol").address, token="USDC", amount="1")
+            )
+    assert refused.value.reason is Reason.SETTLEMENT_UNAVAILABLE

@@ -187,7 +187,7 @@ class Service:
         )
         chain_id = chain.identity.chain_id if chain is not None else (settings.chain_id or 0)
         accounts_pb2_grpc.add_AccountServiceServicer_to_server(
-            AccountServicer(AccountReader(database), tokens, chain_id, deposits), server
+            AccountServicer(engine, AccountReader(database), tokens, chain_id, deposits), server
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(registry, default_limit), server)
         health_servicer = AsyncHealthServicer()

@@ -10,7 +10,7 @@ from google.protobuf import timestamp_pb2
 from agentflow_payments.v1 import accounts_pb2, common_pb2, payments_pb2
 
 from .engine.fees import Fee
-from .engine.model import Batch, Deposit, Payment
+from .engine.model import Batch, Deposit, Payment, PaymentStatus
 
 
 def timestamp(time_us: int) -> timestamp_pb2.Timestamp:
@@ -111,7 +111,9 @@ def deposit_message(deposit: Deposit) -> accounts_pb2.Deposit:
 def batch_message(batch: Batch, payments: Iterable[Payment]) -> payments_pb2.Batch:
     """A batch as the API shows it; ``payments`` are its payments (for the per-token totals)."""
     totals: dict[str, list[int]] = {}
+    names: dict[str, str] = {}
     for payment in payments:
+        names[payment.payment_id] = payment.name
         count_amount_fee = totals.setdefault(payment.token, [0, 0, 0])
         count_amount_fee[0] += 1
         count_amount_fee[1] += payment.amount
@@ -120,7 +122,7 @@ def batch_message(batch: Batch, payments: Iterable[Payment]) -> payments_pb2.Bat
         name=batch.name,
         chain_batch_id=batch.chain_batch_id,
         status=int(batch.status),  # type: ignore[arg-type]
-        payments=[f"payments/{payment_id}" for payment_id in batch.payment_ids],
+        payments=[names.get(payment_id, f"payments/{payment_id}") for payment_id in batch.payment_ids],
         totals=[
             payments_pb2.BatchTokenTotal(token=token, payment_count=count, amount=str(amount), fee=str(fee))
             for token, (count, amount, fee) in sorted(totals.items())
@@ -136,4 +138,33 @@ def batch_message(batch: Batch, payments: Iterable[Payment]) -> payments_pb2.Bat
         message.submit_time.CopyFrom(timestamp(batch.submit_time_us))
     if batch.confirm_time_us is not None:
         message.confirm_time.CopyFrom(timestamp(batch.confirm_time_us))
+    return message
+
+
+_WITHDRAWAL_STATUS = {
+    PaymentStatus.QUEUED: 1,
+    PaymentStatus.PROCESSING: 2,
+    PaymentStatus.COMPLETED: 3,
+    PaymentStatus.FAILED: 4,
+}
+
+
+def withdrawal_message(withdrawal: Payment) -> accounts_pb2.Withdrawal:
+    """A withdrawal (a payments-table item of kind WITHDRAWAL) as the API shows it."""
+    settlement = withdrawal.settlement
+    message = accounts_pb2.Withdrawal(
+        name=withdrawal.name,
+        address=withdrawal.payer,
+        destination=withdrawal.payee,
+        token=withdrawal.token,
+        amount=str(withdrawal.amount),
+        status=_WITHDRAWAL_STATUS[withdrawal.status],  # type: ignore[arg-type]
+        transaction_hash=settlement.transaction_hash if settlement else "",
+        block_number=settlement.block_number if settlement else 0,
+        failure_reason=withdrawal.failure_reason,
+        request_id=withdrawal.request_id,
+        create_time=timestamp(withdrawal.create_time_us),
+    )
+    if settlement is not None:
+        message.complete_time.CopyFrom(timestamp(settlement.complete_time_us))
     return message

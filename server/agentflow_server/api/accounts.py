@@ -1,7 +1,4 @@
-"""AccountService: balances, the journal, the accepted tokens and where to deposit.
-
-Withdraw is not served yet and answers UNIMPLEMENTED.
-"""
+"""AccountService: balances, the journal, the accepted tokens, where to deposit, and withdrawals."""
 
 from __future__ import annotations
 
@@ -11,14 +8,15 @@ from agentflow_payments import Reason
 from agentflow_payments.v1 import accounts_pb2, accounts_pb2_grpc
 
 from ..auth import current_principal
-from ..engine.model import Balance
+from ..engine.commands import Withdraw
+from ..engine.engine import Engine
+from ..engine.model import Balance, Payment
 from ..errors import ApiError
 from ..ledger.accounts import AccountReader
 from ..tokens import TokenRegistry
-from ..wire import timestamp
+from ..wire import timestamp, withdrawal_message
 from . import pagination
 from .context import Context
-from .unimplemented import not_served
 from .validation import Fields
 
 
@@ -35,8 +33,14 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
     """Serves AccountService. ``deposits`` is None on a replica that does not settle."""
 
     def __init__(
-        self, reader: AccountReader, tokens: TokenRegistry, chain_id: int, deposits: DepositTarget | None
+        self,
+        engine: Engine,
+        reader: AccountReader,
+        tokens: TokenRegistry,
+        chain_id: int,
+        deposits: DepositTarget | None,
     ) -> None:
+        self._engine = engine
         self._reader = reader
         self._tokens = tokens
         self._chain_id = chain_id
@@ -109,7 +113,23 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
         return response
 
     async def Withdraw(self, request: accounts_pb2.WithdrawRequest, context: Context) -> accounts_pb2.WithdrawResponse:
-        raise not_served("AccountService.Withdraw", "on-chain settlement")
+        fields = Fields(self._tokens)
+        address = fields.address("address", request.address)
+        token = fields.token("token", request.token)
+        amount = fields.amount("amount", request.amount)
+        destination = fields.address("destination", request.destination) if request.destination else address
+        request_id = fields.request_id("request_id", request.request_id)
+        fields.check()
+        assert token is not None
+        current_principal().require_address(address, "address")
+        if self._deposits is None:
+            raise ApiError(
+                Reason.SETTLEMENT_UNAVAILABLE,
+                "this server does not settle on chain (settlement_enabled is off); withdraw through one that does",
+            )
+        withdrawal = await self._engine.execute(Withdraw(address, destination, token, amount, request_id))
+        assert isinstance(withdrawal, Payment)
+        return accounts_pb2.WithdrawResponse(withdrawal=withdrawal_message(withdrawal))
 
     async def ListTokens(
         self, request: accounts_pb2.ListTokensRequest, context: Context

@@ -14,7 +14,7 @@ from agentflow_payments.v1 import common_pb2, payments_pb2, payments_pb2_grpc
 from ..auth import Principal, current_principal
 from ..engine.commands import CancelPayment, SubmitPayment
 from ..engine.engine import Engine
-from ..engine.model import Payment, PaymentStatus, Priority
+from ..engine.model import Payment, PaymentKind, PaymentStatus, Priority
 from ..errors import ApiError, payment_not_found
 from ..ledger.batches import BatchReader
 from ..ledger.payments import PaymentFilter, PaymentReader
@@ -141,7 +141,7 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
         payment_id = resource_id(fields, "name", request.name, "payments", _PAYMENT_ID)
         fields.check()
         payment = await self._reader.get(payment_id)
-        if payment is None or not _visible(current_principal(), payment):
+        if payment is None or payment.kind is not PaymentKind.PAYMENT or not _visible(current_principal(), payment):
             raise payment_not_found(request.name)
         return payments_pb2.GetPaymentResponse(payment=payment_message(payment))
 

@@ -45,6 +45,23 @@ class SubmitPayment:
 
 
 @dataclass(frozen=True, slots=True)
+class Withdraw:
+    """Take ``amount`` out of ``address``'s available balance and pay it to ``destination`` on chain, in a
+    settlement batch like a payment. ``request_id`` may be empty (no idempotency)."""
+
+    address: str
+    destination: str
+    token: Token
+    amount: int
+    request_id: str
+
+    def request_hash(self) -> str:
+        """What the request means, as a digest (see :meth:`SubmitPayment.request_hash`)."""
+        fields = [self.address, self.destination, self.token.symbol, str(self.amount)]
+        return hashlib.sha256("".join(f"{len(f)}:{f}" for f in fields).encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
 class CancelPayment:
     """Cancel a payment still in the queue; its reservation goes back to available.
 
@@ -137,6 +154,7 @@ class FailBatch:
 
 Command = (
     SubmitPayment
+    | Withdraw
     | CancelPayment
     | CreditDeposit
     | CompletePayment

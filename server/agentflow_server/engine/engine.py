@@ -43,7 +43,7 @@ from ..ledger.payments import load_payments
 from ..ledger.schema import payments, volume_daily
 from ..metrics import Metrics
 from ..tokens import Token, TokenRegistry
-from ..wire import batch_message, deposit_message, payment_bytes
+from ..wire import batch_message, deposit_message, payment_bytes, withdrawal_message
 from .commands import (
     CancelPayment,
     Command,
@@ -56,6 +56,7 @@ from .commands import (
     SetChainState,
     SettleBatch,
     SubmitPayment,
+    Withdraw,
 )
 from .fees import (
     Fee,
@@ -74,6 +75,7 @@ from .model import (
     Bucket,
     Deposit,
     Payment,
+    PaymentKind,
     PaymentStatus,
     Priority,
     Settlement,
@@ -483,6 +485,10 @@ class Engine:
                 account_keys.add((command.payer, command.token.symbol))
                 if command.request_id:
                     idempotency_keys.append((_payment_scope(command.payer), command.request_id))
+            elif isinstance(command, Withdraw):
+                account_keys.add((command.address, command.token.symbol))
+                if command.request_id:
+                    idempotency_keys.append((_withdrawal_scope(command.address), command.request_id))
             elif isinstance(command, CreditDeposit):
                 idempotency_keys.append(_deposit_key(command))
                 account_keys.add((command.beneficiary, command.token.symbol))
@@ -507,8 +513,8 @@ class Engine:
         )
         payments.update(
             (pid, inflight[pid])
-            for pid in (r.resource.removeprefix("payments/") for r in records.values())
-            if pid in inflight
+            for pid in (_settled_item_id(r.resource) for r in records.values())
+            if pid is not None and pid in inflight
         )
         if to_read or payment_ids - payments.keys() or missing:
             read = functools.partial(_load, to_read, payment_ids - payments.keys(), missing, set(payments))
@@ -557,6 +563,8 @@ class Engine:
             return self._submit_payment(command, group)
         if isinstance(command, CancelPayment):
             return self._cancel_payment(command, group)
+        if isinstance(command, Withdraw):
+            return self._withdraw(command, group)
         if isinstance(command, CreditDeposit):
             return self._credit_deposit(command, group)
         if isinstance(command, CompletePayment):
@@ -670,6 +678,96 @@ class Engine:
         group.pushed_ids.add(payment.payment_id)
         return payment
 
+    def _withdraw(self, command: Withdraw, group: _Group) -> Payment:
+        write = group.write
+        now_us = write.time_us
+        symbol = command.token.symbol
+        key = (_withdrawal_scope(command.address), command.request_id)
+        request_hash = command.request_hash() if command.request_id else ""
+        if command.request_id:
+            record = group.idempotency.get(key)
+            if record is not None:
+                if record.request_hash != request_hash:
+                    raise ApiError(
+                        Reason.IDEMPOTENCY_CONFLICT,
+                        f"request_id {command.request_id!r} was already used for a different withdrawal",
+                        metadata={"request_id": command.request_id, "resource": record.resource},
+                    )
+                return group.payments[record.resource.removeprefix("withdrawals/")]
+        depth = len(self.queues[symbol]) + self._inflight_queued[symbol] + group.queued[symbol]
+        if depth >= self.config.max_queue_size:
+            raise ApiError(
+                Reason.QUEUE_FULL,
+                f"the {symbol} settlement queue holds its maximum of {self.config.max_queue_size} items",
+                metadata={"token": symbol, "max_queue_size": str(self.config.max_queue_size)},
+                retry_delay=self.config.queue_full_retry,
+            )
+        current = self._balances.get((command.address, symbol))
+        available = current.available if current is not None else 0
+        if available < command.amount:
+            raise ApiError(
+                Reason.INSUFFICIENT_BALANCE,
+                f"{command.address} has {available} {symbol} base units available; the withdrawal needs "
+                f"{command.amount}",
+                metadata={"available": str(available), "required": str(command.amount), "fee": "0"},
+            )
+        balance = self._balance(group, command.address, symbol)
+        balance.available -= command.amount
+        balance.reserved += command.amount
+        withdrawal = Payment(
+            payment_id=f"{now_us:014x}{secrets.token_hex(4)}",
+            payer=command.address,
+            payee=command.destination,
+            token=symbol,
+            amount=command.amount,
+            # The operator pays the gas; a withdrawal carries no service fee.
+            fee=Fee(0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+            priority=Priority.NORMAL,
+            status=PaymentStatus.QUEUED,
+            task_id="",
+            memo="",
+            metadata={},
+            request_id=command.request_id,
+            create_time_us=now_us,
+            update_time_us=now_us,
+            kind=PaymentKind.WITHDRAWAL,
+        )
+        write.new_payments.append(withdrawal)
+        write.transfer(
+            TransferKind.WITHDRAWAL,
+            symbol,
+            (command.address, Bucket.AVAILABLE),
+            (command.address, Bucket.RESERVED),
+            command.amount,
+            withdrawal.name,
+        )
+        write.event(
+            "withdrawal.queued",
+            withdrawal.name,
+            (command.address, command.destination),
+            "",
+            withdrawal_message(withdrawal).SerializeToString(),
+        )
+        if command.request_id:
+            record = IdempotencyRecord(request_hash, withdrawal.name, now_us)
+            group.idempotency[key] = record
+            group.created_keys.append(key)
+            group.payments[withdrawal.payment_id] = withdrawal
+            write.idempotency.append(
+                {
+                    "key": idempotency_key(*key),
+                    "scope": key[0],
+                    "request_id": key[1],
+                    "request_hash": request_hash,
+                    "resource": withdrawal.name,
+                    "create_time_us": now_us,
+                }
+            )
+        group.queued[symbol] += 1
+        group.pushes.append(withdrawal)
+        group.pushed_ids.add(withdrawal.payment_id)
+        return withdrawal
+
     def _find_payment(self, group: _Group, payment_id: str) -> Payment:
         payment = group.payments.get(payment_id)
         if payment is None:
@@ -681,8 +779,10 @@ class Engine:
 
     def _cancel_payment(self, command: CancelPayment, group: _Group) -> Payment:
         payment = group.payments.get(command.payment_id)
-        if payment is None or (
-            command.sees is not None and payment.payer not in command.sees and payment.payee not in command.sees
+        if (
+            payment is None
+            or payment.kind is not PaymentKind.PAYMENT
+            or (command.sees is not None and payment.payer not in command.sees and payment.payee not in command.sees)
         ):
             raise payment_not_found(f"payments/{command.payment_id}")
         if command.acts_for is not None and payment.payer not in command.acts_for:
@@ -693,7 +793,7 @@ class Engine:
             )
         if payment.status is not PaymentStatus.QUEUED or not self._in_queue(group, payment):
             raise _not_open(payment, "only a queued payment can be cancelled")
-        self._release(group, payment, PaymentStatus.CANCELLED, command.reason, "payment.cancelled")
+        self._release(group, payment, PaymentStatus.CANCELLED, command.reason, "cancelled")
         return payment
 
     def _release(self, group: _Group, payment: Payment, status: PaymentStatus, reason: str, event: str) -> None:
@@ -711,24 +811,25 @@ class Engine:
             debit,
             payment.name,
         )
-        # Money that never moved is not volume.
+        # Money that never moved is not volume (withdrawals never were).
         day = day_of(payment.create_time_us)
-        if day > day_of(write.time_us) - WINDOW_DAYS:
+        if payment.kind is PaymentKind.PAYMENT and day > day_of(write.time_us) - WINDOW_DAYS:
             self._add_volume(group, payment.payer, payment.token, day, -payment.amount)
         self._finish(group, payment, status, reason, event)
 
     def _finish(self, group: _Group, payment: Payment, status: PaymentStatus, reason: str, event: str) -> None:
+        """End a payment (or withdrawal) with ``status`` and record its ``event`` ("completed"...)."""
         write = group.write
         payment.status = status
         payment.update_time_us = write.time_us
         payment.failure_reason = reason
         write.changed_payments[payment.payment_id] = payment
         write.event(
-            event,
+            f"{payment.event_prefix}.{event}",
             payment.name,
             (payment.payer, payment.payee),
             payment.task_id,
-            payment_bytes(payment),
+            _payload(payment),
         )
         if payment.payment_id in self.queues[payment.token]:
             group.removals.append(payment)
@@ -763,7 +864,8 @@ class Engine:
             destination = (payment.payee, Bucket.AVAILABLE)
         else:
             destination = (CHAIN, Bucket.AVAILABLE)
-        write.transfer(TransferKind.PAYMENT_SETTLE, payment.token, reserved, destination, payment.amount, payment.name)
+        kind = TransferKind.WITHDRAWAL if payment.kind is PaymentKind.WITHDRAWAL else TransferKind.PAYMENT_SETTLE
+        write.transfer(kind, payment.token, reserved, destination, payment.amount, payment.name)
         if payment.fee.total:
             self._balance(group, FEES, payment.token).available += payment.fee.total
             write.transfer(
@@ -771,7 +873,7 @@ class Engine:
             )
         payment.batch_id = settlement.batch_id
         payment.settlement = settlement
-        self._finish(group, payment, PaymentStatus.COMPLETED, "", "payment.completed")
+        self._finish(group, payment, PaymentStatus.COMPLETED, "", "completed")
 
     # -- batches --------------------------------------------------------------------------------------
 
@@ -788,11 +890,11 @@ class Engine:
             payment.update_time_us = write.time_us
             write.changed_payments[payment_id] = payment
             write.event(
-                "payment.processing",
+                f"{payment.event_prefix}.processing",
                 payment.name,
                 (payment.payer, payment.payee),
                 payment.task_id,
-                payment_bytes(payment),
+                _payload(payment),
             )
             if payment_id in self.queues[payment.token]:
                 group.removals.append(payment)
@@ -836,7 +938,7 @@ class Engine:
                     payment,
                     PaymentStatus.FAILED,
                     "the payer's deposit no longer covered it on chain (an exit), so the contract skipped it",
-                    "payment.failed",
+                    "failed",
                 )
                 continue
             # Each payment's share of the gas; the first ones carry the remainder.
@@ -862,7 +964,7 @@ class Engine:
         batch = command.batch
         for payment in self._batch_payments(group, batch):
             if payment is not None:
-                self._release(group, payment, PaymentStatus.FAILED, command.reason, "payment.failed")
+                self._release(group, payment, PaymentStatus.FAILED, command.reason, "failed")
         batch.status = BatchStatus.FAILED
         batch.failure_reason = command.reason
         batch.update_time_us = write.time_us
@@ -875,7 +977,7 @@ class Engine:
         payment = self._find_payment(group, command.payment_id)
         if payment.status not in (PaymentStatus.QUEUED, PaymentStatus.PROCESSING):
             raise _not_open(payment, "it is settled or ended already")
-        self._release(group, payment, PaymentStatus.FAILED, command.reason, "payment.failed")
+        self._release(group, payment, PaymentStatus.FAILED, command.reason, "failed")
         return payment
 
     def _credit_deposit(self, command: CreditDeposit, group: _Group) -> Deposit:
@@ -935,7 +1037,7 @@ def _load(
 ) -> tuple[dict[tuple[str, str], IdempotencyRecord], dict[str, Payment], dict[AccountKey, Balance]]:
     """On the reader's thread: the records, payments and balances a group needs."""
     records = load_idempotency(connection, idempotency_keys)
-    replayed = {r.resource.removeprefix("payments/") for r in records.values() if r.resource.startswith("payments/")}
+    replayed = {pid for r in records.values() if (pid := _settled_item_id(r.resource)) is not None}
     found = load_payments(connection, (payment_ids | replayed) - known_payments)
     # The payers of named payments may not be cached yet: load them too (the caller keeps cached ones).
     keys = account_keys | {(p.payer, p.token) for p in found.values()}
@@ -962,6 +1064,25 @@ def _checkpoint(connection: Connection) -> None:
     # PASSIVE: copy what no reader still needs, wait for nobody. The writer restarts the WAL from its
     # beginning once a checkpoint has copied all of it, so the file stays small.
     connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+
+
+def _payload(payment: Payment) -> bytes:
+    """The event payload of a payment or a withdrawal: the resource as the API shows it."""
+    if payment.kind is PaymentKind.WITHDRAWAL:
+        return withdrawal_message(payment).SerializeToString()
+    return payment_bytes(payment)
+
+
+def _settled_item_id(resource: str) -> str | None:
+    """The payments-table id of a resource name: a payment's or a withdrawal's."""
+    for prefix in ("payments/", "withdrawals/"):
+        if resource.startswith(prefix):
+            return resource[len(prefix) :]
+    return None
+
+
+def _withdrawal_scope(address: str) -> str:
+    return f"withdrawal:{address}"
 
 
 def _payment_scope(payer: str) -> str:

@@ -21,6 +21,13 @@ class PaymentStatus(enum.IntEnum):
     CANCELLED = 5
 
 
+class PaymentKind(enum.IntEnum):
+    """What a settlement item is: a payment between agents, or a withdrawal to a chain address."""
+
+    PAYMENT = 1
+    WITHDRAWAL = 2
+
+
 class Priority(enum.IntEnum):
     """How urgently a payment should reach the chain (the API's Priority)."""
 
@@ -95,11 +102,19 @@ class Payment:
     escrow_id: str | None = None
     settlement: Settlement | None = None
     batch_id: str | None = field(default=None)
+    kind: PaymentKind = PaymentKind.PAYMENT
 
     @property
     def name(self) -> str:
-        """The resource name, ``payments/{payment_id}``."""
+        """The resource name, ``payments/{payment_id}`` (``withdrawals/{payment_id}`` for a withdrawal)."""
+        if self.kind is PaymentKind.WITHDRAWAL:
+            return f"withdrawals/{self.payment_id}"
         return f"payments/{self.payment_id}"
+
+    @property
+    def event_prefix(self) -> str:
+        """``payment`` or ``withdrawal``: the family of its events."""
+        return "withdrawal" if self.kind is PaymentKind.WITHDRAWAL else "payment"
 
     @property
     def debit(self) -> int:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..engine.fees import Fee
-from ..engine.model import Payment, PaymentStatus, Priority, Settlement
+from ..engine.model import Payment, PaymentKind, PaymentStatus, Priority, Settlement
 from .database import Database
 from .schema import payments
 
@@ -52,6 +52,7 @@ def payment_row(payment: Payment) -> dict[str, Any]:
         "gas_used": settlement.gas_used if settlement else None,
         "gas_cost_wei": settlement.gas_cost_wei if settlement else None,
         "complete_time_us": settlement.complete_time_us if settlement else None,
+        "kind": int(payment.kind),
     }
 
 
@@ -96,6 +97,7 @@ def payment_from_row(row: Mapping[Any, Any]) -> Payment:
         failure_reason=row["failure_reason"],
         escrow_id=row["escrow_id"],
         settlement=settlement,
+        kind=PaymentKind(row["kind"]),
         batch_id=row["batch_id"],
     )
 
@@ -136,8 +138,8 @@ class PaymentReader:
 
     async def page(self, where: PaymentFilter, *, limit: int, before: str | None) -> list[Payment]:
         """Payments newest first, ``limit`` of them, older than the payment id ``before``."""
-        query = sa.select(payments)
         c = payments.c
+        query = sa.select(payments).where(c.kind == int(PaymentKind.PAYMENT))
         if where.payer is not None:
             query = query.where(c.payer == where.payer)
         if where.payee is not None:

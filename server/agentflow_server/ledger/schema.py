@@ -94,7 +94,9 @@ payments = Table(
     Column("gas_used", Amount, nullable=True),
     Column("gas_cost_wei", Amount, nullable=True),
     Column("complete_time_us", BigInteger, nullable=True),
+    Column("kind", SmallInteger, nullable=False, server_default="1"),
 )
+"""Payments, and withdrawals (kind 2), which settle the same way."""
 
 batches = Table(
     "batches",
