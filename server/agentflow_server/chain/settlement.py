@@ -87,6 +87,7 @@ class SettlementStage:
         self._next_chain_id: int | None = None
         self._waiting_since: float | None = None
         self._reconciled = False
+        self._settled: SettleBatch | None = None
 
     async def run(self) -> None:
         """Reconcile what a previous run left unfinished, then settle for ever. Chain failures are waited
@@ -114,9 +115,16 @@ class SettlementStage:
 
     async def reconcile(self) -> None:
         """Finish every batch a previous run formed or sent, checking the chain before sending anything new."""
+        await self._flush_settled()
         for batch in await self._reader.unfinished():
             log.info("reconciling %s (contract batch %d)", batch.name, batch.chain_batch_id)
             await self._drive(batch)
+            await self._flush_settled()
+
+    async def _flush_settled(self) -> None:
+        settled, self._settled = self._settled, None
+        if settled is not None:
+            await self._engine.execute(settled)
 
     # -- forming batches ----------------------------------------------------------------------------
 
@@ -152,13 +160,28 @@ class SettlementStage:
         return [payment_id for _, _, payment_id in candidates]
 
     async def settle_next(self) -> bool:
-        """Form and settle the next batch if one is due; whether one was."""
+        """Form and settle the next batch if one is due; whether there was anything to do."""
+        settled, self._settled = self._settled, None
         payment_ids = self._due()
         if not payment_ids:
+            if settled is not None:
+                await self._engine.execute(settled)
+                return True
             return False
         if self._next_chain_id is None:
             self._next_chain_id = await self._contract.last_batch_id() + 1
-        batch = await self._engine.execute(OpenBatch(new_batch_id(), self._next_chain_id, tuple(payment_ids)))
+        opening = OpenBatch(new_batch_id(), self._next_chain_id, tuple(payment_ids))
+        if settled is None:
+            batch = await self._engine.execute(opening)
+        else:
+            # The confirmed batch's settlement and the next batch's forming share one commit.
+            outcomes = await self._engine.execute_many([settled, opening])
+            for outcome in outcomes:
+                if isinstance(outcome, Exception):
+                    raise outcome
+            opened = outcomes[1]
+            assert isinstance(opened, Batch)
+            batch = opened
         assert isinstance(batch, Batch)
         if batch.payment_ids:
             await self._drive(batch)
@@ -348,9 +371,9 @@ class SettlementStage:
         batch.block_hash = receipt.block_hash
         batch.gas_used = receipt.gas_used
         batch.gas_price = receipt.effective_gas_price
-        await self._engine.execute(
-            SettleBatch(batch, frozenset(c.index for c in credited), frozenset(s.index for s in skipped))
-        )
+        # Committed by settle_next, with the next batch's forming when one is due (a crash before that is
+        # reconciled at start: the batch is recorded as sent, and its receipt is on chain).
+        self._settled = SettleBatch(batch, frozenset(c.index for c in credited), frozenset(s.index for s in skipped))
         self._next_chain_id = batch.chain_batch_id + 1
         log.info(
             "%s confirmed: %d payments in block %d (%d gas)",
