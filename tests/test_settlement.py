@@ -32,7 +32,7 @@ from agentflow_payments import (
 )
 from agentflow_payments.v1 import accounts_pb2, admin_pb2, payments_pb2
 from agentflow_server.app import SETTLEMENT_HEALTH, StartupError
-from agentflow_server.chain.contract import SettlementContract, encode_call, read, topic
+from agentflow_server.chain.contract import ETH_ADDRESS, SettlementContract, encode_call, read, topic
 from agentflow_server.chain.deploy import (
     deploy,
     deploy_dev_tokens,
@@ -705,3 +705,51 @@ async def test_a_replica_that_does_not_settle_refuses_withdrawals(server: Runnin
                 accounts_pb2.WithdrawRequest(address=dev_account("carol").address, token="USDC", amount="1")
             )
     assert refused.value.reason is Reason.SETTLEMENT_UNAVAILABLE
+
+
+async def test_settled_fees_are_paid_out_to_the_four_recipients_and_the_ledger_follows(
+    anvil_node: Anvil, start_server: StartServer
+) -> None:
+    rpc = Rpc.http(anvil_node.url)
+    try:
+        relayer = Relayer(rpc, anvil_node.operator, await rpc.chain_id())
+        # The network's fee recipient cannot receive ETH: its part stays in the contract, as its own.
+        rejecting = await deploy(relayer, "RejectingPayee", False)
+        recipients = [
+            dev_account("platform").address,
+            rejecting,
+            dev_account("agent").address,
+            dev_account("staking").address,
+        ]
+        anvil_node.contract = await deploy_settlement(relayer, recipients, 3600)
+        anvil_node.tokens = await deploy_dev_tokens(relayer)
+    finally:
+        await rpc.close()
+    server = await start_server(**anvil_node.settings(fee_payout_interval=0.5))
+    chain = Chain(server)
+    alice = await chain.fund("alice", {"USDC": 100 * USDC, "ETH": 10**18})
+    async with server.client() as client:
+        names = [
+            (await client.payments.SubmitPayment(pay(alice.address, BOB, "USDC", 50 * USDC))).payment.name,
+            (await client.payments.SubmitPayment(pay(alice.address, BOB, "ETH", 10**17))).payment.name,
+        ]
+        settled = await until_final(client, names)
+    usdc_fee, eth_fee = (int(p.fee.total) for p in settled)
+    contract = SettlementContract(chain.rpc, chain.contract)
+
+    async def paid_out() -> bool:
+        fees = [await contract.accrued_fees(chain.tokens["USDC"]), await contract.accrued_fees(ETH_ADDRESS)]
+        return fees == [0, 0]
+
+    await wait_for(paid_out, "the fees to be paid out")
+    network, agent, staking = (usdc_fee * bps // 10_000 for bps in (3_000, 2_000, 1_000))
+    received = [await chain.token_balance("USDC", r) for r in recipients]
+    assert received == [usdc_fee - network - agent - staking, network, agent, staking]
+    assert await contract.balance_of(ETH_ADDRESS, rejecting) == eth_fee * 3_000 // 10_000
+    await chain.caught_up()
+    with ledger(server) as db:
+        fees_left = dict(db.execute("SELECT token, available FROM accounts WHERE address = '@fees'").fetchall())
+        kept = db.execute("SELECT available FROM accounts WHERE address = ? AND token = 'ETH'", (rejecting,)).fetchone()
+    assert {token: int(amount) for token, amount in fees_left.items()} == {"USDC": 0, "ETH": 0}
+    assert int(kept[0]) == eth_fee * 3_000 // 10_000
+    await assert_ledger_matches_chain(chain)

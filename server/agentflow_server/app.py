@@ -285,6 +285,7 @@ def chain_options(settings: Settings) -> ChainOptions:
             confirmations=settings.confirmations,
             retries=settings.chain_retries,
             poll_interval=min(poll, 0.2),
+            fee_payout_interval=settings.fee_payout_interval,
         ),
     )
 

@@ -93,6 +93,9 @@ class Settings(BaseSettings):
         3, ge=0, le=20, description="retries of a batch whose transaction reverted or was refused, before it fails"
     )
     chain_poll_interval: float = Field(1.0, gt=0, description="seconds between looks at the chain for new blocks")
+    fee_payout_interval: float = Field(
+        3600.0, ge=0, description="seconds between payouts of settled fees to the four fee recipients; 0: never"
+    )
     rpc_failure_threshold: int = Field(
         5, ge=1, description="failed calls in a row that open the circuit breaker on the chain's RPC endpoint"
     )

@@ -151,6 +151,22 @@ def decode_deposited(log: Log) -> Deposited:
     return Deposited(_address(log.topics[1]), _address(log.topics[2]), _address(log.topics[3]), int(amount), log)
 
 
+@dataclass(frozen=True, slots=True)
+class FeePayout:
+    """``FeesDistributed`` (recipient None) or ``FeeCredited`` (a recipient kept its part in the contract)."""
+
+    token: str
+    amount: int
+    recipient: str | None
+    log: Log
+
+
+def decode_fee_payout(log: Log) -> FeePayout:
+    (amount,) = decode(["uint256"], log.data)
+    recipient = _address(log.topics[2]) if log.topics[0] == topic("FeeCredited") else None
+    return FeePayout(_address(log.topics[1]), int(amount), recipient, log)
+
+
 def decode_batch_logs(
     logs: Sequence[Log], contract: str
 ) -> tuple[BatchSettled | None, list[PayoutCredited], list[ItemSkipped]]:

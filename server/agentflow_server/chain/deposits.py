@@ -1,5 +1,7 @@
 """The deposit watcher: follows the settlement contract's ``Deposited`` logs and credits each one through
-the engine once it has its confirmations, exactly once per (transaction hash, log index)."""
+the engine once it has its confirmations, exactly once per (transaction hash, log index). It follows the
+contract's fee payouts (``FeesDistributed``, ``FeeCredited``) the same way, so the ledger's fees keep
+mirroring the contract's."""
 
 from __future__ import annotations
 
@@ -7,10 +9,10 @@ import asyncio
 import logging
 from collections.abc import Mapping
 
-from ..engine.commands import Command, CreditDeposit, SetChainState
+from ..engine.commands import Command, CreditDeposit, RecordFeePayout, SetChainState
 from ..engine.engine import Engine
 from ..tokens import Token
-from .contract import decode_deposited, topic
+from .contract import decode_deposited, decode_fee_payout, topic
 from .rpc import ChainError, Rpc
 
 log = logging.getLogger("agentflow.chain.deposits")
@@ -71,9 +73,24 @@ class DepositWatcher:
         if confirmed <= self.cursor:
             return False
         last = min(confirmed, self.cursor + self._max_range)
-        logs = await self._rpc.logs(self._contract, [topic("Deposited")], self.cursor + 1, last)
+        wanted = [topic("Deposited"), topic("FeesDistributed"), topic("FeeCredited")]
+        logs = await self._rpc.logs(self._contract, [wanted], self.cursor + 1, last)
         commands: list[Command] = []
         for log_entry in logs:
+            if log_entry.topics[0] != topic("Deposited"):
+                payout = decode_fee_payout(log_entry)
+                fee_token = self._tokens.get(payout.token.lower())
+                if fee_token is not None:
+                    commands.append(
+                        RecordFeePayout(
+                            fee_token,
+                            payout.amount,
+                            payout.recipient,
+                            log_entry.transaction_hash,
+                            log_entry.log_index,
+                        )
+                    )
+                continue
             deposit = decode_deposited(log_entry)
             token = self._tokens.get(deposit.token.lower())
             if token is None:
@@ -101,7 +118,7 @@ class DepositWatcher:
             failed = [result for result in results if isinstance(result, Exception)]
             if failed:
                 raise ChainError(f"deposits in blocks {self.cursor + 1}-{last} not credited: {failed[0]}")
-            log.info("credited %d deposits up to block %d", len(commands), last)
+            log.info("recorded %d deposits and fee payouts up to block %d", len(commands), last)
         # Only once every credit is committed does the position move past them.
         await self._engine.execute(SetChainState(((CURSOR_KEY, str(last)),)))
         self.cursor = last

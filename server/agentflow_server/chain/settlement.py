@@ -21,7 +21,8 @@ from ..engine.engine import Engine
 from ..engine.model import Batch, BatchStatus, Payment, SentTransaction
 from ..ledger.batches import BatchReader
 from ..tokens import TokenRegistry
-from .contract import ETH_ADDRESS, Item, SettlementContract, decode_batch_logs, encode_settle, topic
+from .contract import ETH_ADDRESS, Item, SettlementContract, decode_batch_logs, encode_call, encode_settle, topic
+from .deploy import transact
 from .relayer import GAS_CAP, Relayer, SignedTransaction
 from .rpc import CallReverted, ChainError, ChainRequestRefused, ChainUnavailable, Receipt
 
@@ -52,6 +53,9 @@ class SettlementConfig:
     backoff: float = 0.5
     """Seconds before the first retry; doubled for each next one (up to 30 s)."""
     poll_interval: float = 0.2
+    fee_payout_interval: float = 3600.0
+    """Seconds between payouts of the accrued fees to the four recipients (0: never; anyone may call
+    ``distributeFees`` on the contract themselves)."""
 
 
 def new_batch_id() -> str:
@@ -88,6 +92,7 @@ class SettlementStage:
         self._waiting_since: float | None = None
         self._reconciled = False
         self._settled: SettleBatch | None = None
+        self._last_payout = time.monotonic()
 
     async def run(self) -> None:
         """Reconcile what a previous run left unfinished, then settle for ever. Chain failures are waited
@@ -101,6 +106,7 @@ class SettlementStage:
                     await self.reconcile()
                     self._reconciled = True
                 settled = await self.settle_next()
+                await self._pay_out_fees_when_due()
                 self._on_health(True)
                 delay = self.config.backoff
                 if not settled:
@@ -186,6 +192,19 @@ class SettlementStage:
         if batch.payment_ids:
             await self._drive(batch)
         return True
+
+    async def _pay_out_fees_when_due(self) -> None:
+        """Every ``fee_payout_interval``, pay each token's accrued fees out to the four recipients. The deposit
+        watcher records the payouts in the ledger from the contract's logs."""
+        interval = self.config.fee_payout_interval
+        if interval <= 0 or time.monotonic() - self._last_payout < interval:
+            return
+        self._last_payout = time.monotonic()
+        for token in self._tokens:
+            address = ETH_ADDRESS if token.native else token.contract_address
+            if await self._contract.accrued_fees(address) > 0:
+                await transact(self._relayer, self._contract.address, encode_call("distributeFees", address))
+                log.info("paid out the accrued %s fees", token.symbol)
 
     # -- driving one batch --------------------------------------------------------------------------
 

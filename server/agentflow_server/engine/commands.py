@@ -89,6 +89,19 @@ class CreditDeposit:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordFeePayout:
+    """The contract paid out settled fees (``FeesDistributed``: ``recipient`` is None, the amount leaves the
+    ledger's fees), or kept a refusing recipient's part for it (``FeeCredited``: the recipient is credited).
+    Once per (transaction hash, log index)."""
+
+    token: Token
+    amount: int
+    recipient: str | None
+    transaction_hash: str
+    log_index: int
+
+
+@dataclass(frozen=True, slots=True)
 class CompletePayment:
     """Record that a payment settled on chain: its reservation leaves the ledger to the payee and fees."""
 
@@ -157,6 +170,7 @@ Command = (
     | Withdraw
     | CancelPayment
     | CreditDeposit
+    | RecordFeePayout
     | CompletePayment
     | FailPayment
     | SetChainState

@@ -53,6 +53,7 @@ from .commands import (
     FailPayment,
     OpenBatch,
     RecordBatch,
+    RecordFeePayout,
     SetChainState,
     SettleBatch,
     SubmitPayment,
@@ -489,6 +490,9 @@ class Engine:
                 account_keys.add((command.address, command.token.symbol))
                 if command.request_id:
                     idempotency_keys.append((_withdrawal_scope(command.address), command.request_id))
+            elif isinstance(command, RecordFeePayout):
+                idempotency_keys.append(_fee_payout_key(command))
+                account_keys.add((command.recipient or FEES, command.token.symbol))
             elif isinstance(command, CreditDeposit):
                 idempotency_keys.append(_deposit_key(command))
                 account_keys.add((command.beneficiary, command.token.symbol))
@@ -571,6 +575,9 @@ class Engine:
             return self._complete_payment(command, group)
         if isinstance(command, FailPayment):
             return self._fail_payment(command, group)
+        if isinstance(command, RecordFeePayout):
+            self._record_fee_payout(command, group)
+            return None
         if isinstance(command, SetChainState):
             group.write.chain_state.update(command.values)
             return None
@@ -875,6 +882,36 @@ class Engine:
         payment.settlement = settlement
         self._finish(group, payment, PaymentStatus.COMPLETED, "", "completed")
 
+    def _record_fee_payout(self, command: RecordFeePayout, group: _Group) -> None:
+        key = _fee_payout_key(command)
+        if key in group.idempotency:
+            return  # this log was recorded already
+        write = group.write
+        symbol = command.token.symbol
+        reference = f"fee-payouts/{command.transaction_hash}-{command.log_index}"
+        if command.recipient is None:
+            # Paid out of the contract: the settled fees leave the ledger.
+            self._balance(group, FEES, symbol).available -= command.amount
+            debit, credit = (FEES, Bucket.AVAILABLE), (CHAIN, Bucket.AVAILABLE)
+        else:
+            # A recipient that could not receive keeps its part in the contract, as its own balance.
+            self._balance(group, command.recipient, symbol).available += command.amount
+            debit, credit = (CHAIN, Bucket.AVAILABLE), (command.recipient, Bucket.AVAILABLE)
+        write.transfer(TransferKind.FEE, symbol, debit, credit, command.amount, reference)
+        record = IdempotencyRecord("", reference, write.time_us)
+        group.idempotency[key] = record
+        group.created_keys.append(key)
+        write.idempotency.append(
+            {
+                "key": idempotency_key(*key),
+                "scope": key[0],
+                "request_id": key[1],
+                "request_hash": "",
+                "resource": reference,
+                "create_time_us": write.time_us,
+            }
+        )
+
     # -- batches --------------------------------------------------------------------------------------
 
     def _open_batch(self, command: OpenBatch, group: _Group) -> Batch:
@@ -1088,6 +1125,10 @@ def _withdrawal_scope(address: str) -> str:
 def _payment_scope(payer: str) -> str:
     # Request ids are the payer's own: two agents may pick the same one without colliding.
     return f"payment:{payer}"
+
+
+def _fee_payout_key(command: RecordFeePayout) -> tuple[str, str]:
+    return ("fee-payout", f"{command.transaction_hash}:{command.log_index}")
 
 
 def _deposit_key(command: CreditDeposit) -> tuple[str, str]:
