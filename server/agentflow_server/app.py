@@ -214,17 +214,17 @@ class Service:
         await engine.start()
         runtime: ChainRuntime | None = None
         if chain is not None:
+            # NOT_SERVING until the stage has reached the chain once; it reports every change after that.
+            await health_servicer.set(SETTLEMENT_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
             try:
                 runtime = await ChainRuntime.start(chain, engine, batches, tokens, _health_reporter(health_servicer))
-            except (ChainSetupError, Exception) as error:
+            except Exception as error:
                 await engine.stop()
                 await _close(database, chain)
                 raise StartupError(str(error)) from error
         await server.start()
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        if runtime is not None:
-            await health_servicer.set(SETTLEMENT_HEALTH, health_pb2.HealthCheckResponse.SERVING)
         endpoints = Endpoints(grpc_port=port, metrics_port=metrics_port)
         log.info(
             "serving",
