@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -753,3 +754,19 @@ async def test_settled_fees_are_paid_out_to_the_four_recipients_and_the_ledger_f
     assert {token: int(amount) for token, amount in fees_left.items()} == {"USDC": 0, "ETH": 0}
     assert int(kept[0]) == eth_fee * 3_000 // 10_000
     await assert_ledger_matches_chain(chain)
+
+
+async def test_settlement_shows_in_the_metrics(start_server: StartServer) -> None:
+    server = await start_server(settlement_enabled=True, metrics_listen="127.0.0.1:0", **FAST)
+    chain = Chain(server)
+    alice = await chain.fund("alice", {"USDC": 10 * USDC})
+    async with server.client() as client:
+        payment = (await client.payments.SubmitPayment(pay(alice.address, BOB, "USDC", USDC))).payment
+        await until_final(client, [payment.name])
+    url = f"http://127.0.0.1:{server.service.endpoints.metrics_port}/metrics"
+    text = (await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())).decode()
+    samples = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if line and line[0] != "#"}
+    assert samples['agentflow_settlement_batches_total{outcome="confirmed"}'] == 1
+    assert samples["agentflow_settlement_batch_items_sum"] == 1
+    assert samples["agentflow_settlement_batch_gas_sum"] > 21_000
+    assert samples["agentflow_deposits_block"] >= 1

@@ -217,7 +217,9 @@ class Service:
             # NOT_SERVING until the stage has reached the chain once; it reports every change after that.
             await health_servicer.set(SETTLEMENT_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
             try:
-                runtime = await ChainRuntime.start(chain, engine, batches, tokens, _health_reporter(health_servicer))
+                runtime = await ChainRuntime.start(
+                    chain, engine, batches, tokens, _health_reporter(health_servicer), metrics
+                )
             except Exception as error:
                 await engine.stop()
                 await _close(database, chain)

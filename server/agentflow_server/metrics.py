@@ -65,3 +65,32 @@ class Metrics:
             ["token"],
             registry=self.registry,
         )
+        self.batches = Counter(
+            "agentflow_settlement_batches",
+            "Settlement batches finished, by outcome (confirmed or failed).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.batch_items = Histogram(
+            "agentflow_settlement_batch_items",
+            "Payments and withdrawals per confirmed batch.",
+            buckets=(1, 10, 50, 100, 200, 300, 400, 500, 1000, 2000),
+            registry=self.registry,
+        )
+        self.batch_gas = Histogram(
+            "agentflow_settlement_batch_gas",
+            "Gas used by a confirmed batch's transaction.",
+            buckets=(10**5, 5 * 10**5, 10**6, 2 * 10**6, 4 * 10**6, 8 * 10**6, 16 * 10**6),
+            registry=self.registry,
+        )
+        self.batch_seconds = Histogram(
+            "agentflow_settlement_batch_seconds",
+            "Time from a batch's forming to its confirmation.",
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=self.registry,
+        )
+        self.deposits_block = Gauge(
+            "agentflow_deposits_block",
+            "The last block whose deposits are credited.",
+            registry=self.registry,
+        )

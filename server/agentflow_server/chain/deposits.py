@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 from ..engine.commands import Command, CreditDeposit, RecordFeePayout, SetChainState
 from ..engine.engine import Engine
+from ..metrics import Metrics
 from ..tokens import Token
 from .contract import decode_deposited, decode_fee_payout, topic
 from .rpc import ChainError, Rpc
@@ -39,6 +40,7 @@ class DepositWatcher:
         start_block: int,
         poll_interval: float = 1.0,
         max_range: int = 2_000,
+        metrics: Metrics | None = None,
     ) -> None:
         self._rpc = rpc
         self._engine = engine
@@ -50,6 +52,7 @@ class DepositWatcher:
         self._poll_interval = poll_interval
         self._max_range = max_range
         self._advanced = asyncio.Event()
+        self._metrics = metrics
 
     async def credited_through(self, block: int) -> None:
         """Wait until every confirmed deposit up to ``block`` is credited."""
@@ -122,6 +125,8 @@ class DepositWatcher:
         # Only once every credit is committed does the position move past them.
         await self._engine.execute(SetChainState(((CURSOR_KEY, str(last)),)))
         self.cursor = last
+        if self._metrics is not None:
+            self._metrics.deposits_block.set(last)
         self._advanced.set()
         self._advanced = asyncio.Event()
         return last < confirmed

@@ -16,6 +16,7 @@ from ..breaker import CircuitBreaker
 from ..engine.commands import SetChainState
 from ..engine.engine import Engine
 from ..ledger.batches import BatchReader
+from ..metrics import Metrics
 from ..tokens import TokenRegistry
 from .contract import ETH_ADDRESS, SettlementContract
 from .deposits import CURSOR_KEY, DepositWatcher
@@ -152,6 +153,7 @@ class ChainRuntime:
         reader: BatchReader,
         tokens: TokenRegistry,
         on_health: Callable[[bool], None],
+        metrics: Metrics | None = None,
     ) -> ChainRuntime:
         """Check the ledger belongs to this chain (recording it on first start), then start watching and
         settling."""
@@ -183,9 +185,10 @@ class ChainRuntime:
             options.confirmations,
             int(state.get(CURSOR_KEY, options.deposits_from_block - 1)),
             options.poll_interval,
+            metrics=metrics,
         )
         stage = SettlementStage(
-            engine, reader, connection.relayer, connection.contract, tokens, options.settlement, on_health
+            engine, reader, connection.relayer, connection.contract, tokens, options.settlement, on_health, metrics
         )
         runtime = cls(connection, watcher, stage)
         runtime._tasks = [

@@ -20,6 +20,7 @@ from ..engine.commands import FailBatch, OpenBatch, RecordBatch, SettleBatch
 from ..engine.engine import Engine
 from ..engine.model import Batch, BatchStatus, Payment, SentTransaction
 from ..ledger.batches import BatchReader
+from ..metrics import Metrics
 from ..tokens import TokenRegistry
 from .contract import ETH_ADDRESS, Item, SettlementContract, decode_batch_logs, encode_call, encode_settle, topic
 from .deploy import transact
@@ -79,6 +80,7 @@ class SettlementStage:
         tokens: TokenRegistry,
         config: SettlementConfig | None = None,
         on_health: Callable[[bool], None] = lambda serving: None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._engine = engine
         self._reader = reader
@@ -88,6 +90,7 @@ class SettlementStage:
         self._tokens = tokens
         self.config = config or SettlementConfig()
         self._on_health = on_health
+        self._metrics = metrics
         self._next_chain_id: int | None = None
         self._waiting_since: float | None = None
         self._reconciled = False
@@ -227,6 +230,8 @@ class SettlementStage:
                 if failures > self.config.retries:
                     log.error("%s failed after %d attempts: %s", batch.name, failures, error)
                     await self._engine.execute(FailBatch(batch, str(error)[:500]))
+                    if self._metrics is not None:
+                        self._metrics.batches.labels("failed").inc()
                     self._next_chain_id = None  # the id was not used: the next batch takes it
                     return
                 log.warning("%s attempt %d failed, retrying: %s", batch.name, failures, error)
@@ -394,6 +399,11 @@ class SettlementStage:
         # reconciled at start: the batch is recorded as sent, and its receipt is on chain).
         self._settled = SettleBatch(batch, frozenset(c.index for c in credited), frozenset(s.index for s in skipped))
         self._next_chain_id = batch.chain_batch_id + 1
+        if self._metrics is not None:
+            self._metrics.batches.labels("confirmed").inc()
+            self._metrics.batch_items.observe(len(batch.payment_ids))
+            self._metrics.batch_gas.observe(receipt.gas_used)
+            self._metrics.batch_seconds.observe(max(0.0, time.time() - batch.create_time_us / 1e6))
         log.info(
             "%s confirmed: %d payments in block %d (%d gas)",
             batch.name,
