@@ -511,18 +511,37 @@ async def test_while_the_rpc_is_away_payments_queue_and_nothing_is_lost(
         await proxy.stop()
 
 
-async def test_an_exit_returns_what_the_service_has_not_settled(on_anvil: Anvil, start_server: StartServer) -> None:
-    server = await start_server(**on_anvil.settings())
+async def test_an_exit_returns_what_the_service_has_not_settled_and_the_ledger_follows(
+    on_anvil: Anvil, start_server: StartServer
+) -> None:
+    # Batches close only when full here: the payment below stays queued while alice exits.
+    server = await start_server(**on_anvil.settings(batch_timeout_ms=600_000))
     chain = Chain(server)
     alice = await chain.fund("alice", {"USDC": 10 * USDC})
+    async with server.client() as client:
+        queued = (await client.payments.SubmitPayment(pay(alice.address, BOB, "USDC", 2 * USDC))).payment
     agent = Relayer(chain.rpc, alice, chain.connection.identity.chain_id)
     await transact(agent, chain.contract, encode_call("requestExit"))
     await on_anvil.request("evm_increaseTime", [3600])
     await on_anvil.request("evm_mine", [])
     before = await chain.token_balance("USDC", alice.address)
     await transact(agent, chain.contract, encode_call("exit", chain.tokens["USDC"]))
+    # Everything alice held in the contract came back to her, the queued payment included...
     assert await chain.token_balance("USDC", alice.address) == before + 10 * USDC
     assert await SettlementContract(chain.rpc, chain.contract).balance_of(chain.tokens["USDC"], alice.address) == 0
+    await chain.caught_up()
+    async with server.client() as client:
+        # ...so the ledger fails the payment and takes the amount out of her balance.
+        failed = await payment_status(client, queued.name)
+        assert failed.status == payments_pb2.PAYMENT_STATUS_FAILED
+        assert "exit" in failed.failure_reason
+        request = accounts_pb2.GetBalancesRequest(address=alice.address, tokens=["USDC"])
+        balance = (await client.accounts.GetBalances(request)).balances[0]
+        assert (balance.available, balance.reserved) == ("0", "0")
+        with pytest.raises(FailedPrecondition) as refused:
+            await client.payments.SubmitPayment(pay(alice.address, BOB, "USDC", USDC))
+        assert refused.value.reason is Reason.INSUFFICIENT_BALANCE
+    await assert_ledger_matches_chain(chain)
 
 
 async def test_a_server_killed_between_sending_a_batch_and_its_receipt_settles_it_once(

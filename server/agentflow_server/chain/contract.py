@@ -161,6 +161,19 @@ class FeePayout:
     log: Log
 
 
+@dataclass(frozen=True, slots=True)
+class Exited:
+    account: str
+    token: str
+    amount: int
+    log: Log
+
+
+def decode_exited(log: Log) -> Exited:
+    (amount,) = decode(["uint256"], log.data)
+    return Exited(_address(log.topics[1]), _address(log.topics[2]), int(amount), log)
+
+
 def decode_fee_payout(log: Log) -> FeePayout:
     (amount,) = decode(["uint256"], log.data)
     recipient = _address(log.topics[2]) if log.topics[0] == topic("FeeCredited") else None

@@ -1,7 +1,7 @@
 """The deposit watcher: follows the settlement contract's ``Deposited`` logs and credits each one through
 the engine once it has its confirmations, exactly once per (transaction hash, log index). It follows the
-contract's fee payouts (``FeesDistributed``, ``FeeCredited``) the same way, so the ledger's fees keep
-mirroring the contract's."""
+contract's fee payouts (``FeesDistributed``, ``FeeCredited``) and exits (``Exited``) the same way, so the
+ledger keeps adding up to what the contract holds."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import asyncio
 import logging
 from collections.abc import Mapping
 
-from ..engine.commands import Command, CreditDeposit, RecordFeePayout, SetChainState
+from ..engine.commands import Command, CreditDeposit, RecordExit, RecordFeePayout, SetChainState
 from ..engine.engine import Engine
 from ..metrics import Metrics
 from ..tokens import Token
-from .contract import decode_deposited, decode_fee_payout, topic
+from .contract import decode_deposited, decode_exited, decode_fee_payout, topic
 from .rpc import ChainError, Rpc
 
 log = logging.getLogger("agentflow.chain.deposits")
@@ -76,10 +76,24 @@ class DepositWatcher:
         if confirmed <= self.cursor:
             return False
         last = min(confirmed, self.cursor + self._max_range)
-        wanted = [topic("Deposited"), topic("FeesDistributed"), topic("FeeCredited")]
+        wanted = [topic("Deposited"), topic("FeesDistributed"), topic("FeeCredited"), topic("Exited")]
         logs = await self._rpc.logs(self._contract, [wanted], self.cursor + 1, last)
         commands: list[Command] = []
         for log_entry in logs:
+            if log_entry.topics[0] == topic("Exited"):
+                exited = decode_exited(log_entry)
+                exit_token = self._tokens.get(exited.token.lower())
+                if exit_token is not None:
+                    commands.append(
+                        RecordExit(
+                            exited.account,
+                            exit_token,
+                            exited.amount,
+                            log_entry.transaction_hash,
+                            log_entry.log_index,
+                        )
+                    )
+                continue
             if log_entry.topics[0] != topic("Deposited"):
                 payout = decode_fee_payout(log_entry)
                 fee_token = self._tokens.get(payout.token.lower())

@@ -102,6 +102,19 @@ class RecordFeePayout:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordExit:
+    """A depositor took what it held of a token out of the contract through the exit hatch (``Exited``):
+    its queued payments and withdrawals of that token fail (the contract would skip them), and the amount
+    leaves its balance. Once per (transaction hash, log index)."""
+
+    address: str
+    token: Token
+    amount: int
+    transaction_hash: str
+    log_index: int
+
+
+@dataclass(frozen=True, slots=True)
 class CompletePayment:
     """Record that a payment settled on chain: its reservation leaves the ledger to the payee and fees."""
 
@@ -171,6 +184,7 @@ Command = (
     | CancelPayment
     | CreditDeposit
     | RecordFeePayout
+    | RecordExit
     | CompletePayment
     | FailPayment
     | SetChainState

@@ -19,7 +19,7 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -53,6 +53,7 @@ from .commands import (
     FailPayment,
     OpenBatch,
     RecordBatch,
+    RecordExit,
     RecordFeePayout,
     SetChainState,
     SettleBatch,
@@ -480,6 +481,7 @@ class Engine:
         idempotency_keys: list[tuple[str, str]] = []
         payment_ids: set[str] = set()
         account_keys: set[AccountKey] = set()
+        queued_of: set[AccountKey] = set()
         for item in pending:
             command = item.command
             if isinstance(command, SubmitPayment):
@@ -490,6 +492,10 @@ class Engine:
                 account_keys.add((command.address, command.token.symbol))
                 if command.request_id:
                     idempotency_keys.append((_withdrawal_scope(command.address), command.request_id))
+            elif isinstance(command, RecordExit):
+                idempotency_keys.append(_exit_key(command))
+                account_keys.add((command.address, command.token.symbol))
+                queued_of.add((command.address, command.token.symbol))
             elif isinstance(command, RecordFeePayout):
                 idempotency_keys.append(_fee_payout_key(command))
                 account_keys.add((command.recipient or FEES, command.token.symbol))
@@ -520,8 +526,10 @@ class Engine:
             for pid in (_settled_item_id(r.resource) for r in records.values())
             if pid is not None and pid in inflight
         )
-        if to_read or payment_ids - payments.keys() or missing:
-            read = functools.partial(_load, to_read, payment_ids - payments.keys(), missing, set(payments))
+        if to_read or payment_ids - payments.keys() or missing or queued_of:
+            read = functools.partial(
+                _load, to_read, payment_ids - payments.keys(), missing, set(payments), queued_of=queued_of
+            )
             loaded_records, loaded_payments, balances = await self._reader.run(read)
             records.update(loaded_records)
             # A payment an in-flight group changed is newer in memory than in the database.
@@ -577,6 +585,9 @@ class Engine:
             return self._fail_payment(command, group)
         if isinstance(command, RecordFeePayout):
             self._record_fee_payout(command, group)
+            return None
+        if isinstance(command, RecordExit):
+            self._record_exit(command, group)
             return None
         if isinstance(command, SetChainState):
             group.write.chain_state.update(command.values)
@@ -882,6 +893,49 @@ class Engine:
         payment.settlement = settlement
         self._finish(group, payment, PaymentStatus.COMPLETED, "", "completed")
 
+    def _record_exit(self, command: RecordExit, group: _Group) -> None:
+        key = _exit_key(command)
+        if key in group.idempotency:
+            return  # this log was recorded already
+        write = group.write
+        symbol = command.token.symbol
+        reference = f"exits/{command.transaction_hash}-{command.log_index}"
+        # What is still queued would be skipped by the contract: it fails now, its reservation released.
+        inflight = [payment for _, payment in self._inflight_payments.values()]
+        for payment in (*group.payments.values(), *inflight):
+            if (
+                payment.payer == command.address
+                and payment.token == symbol
+                and payment.status is PaymentStatus.QUEUED
+                and self._in_queue(group, payment)
+            ):
+                self._release(
+                    group, payment, PaymentStatus.FAILED, "the payer left the settlement contract (exit)", "failed"
+                )
+        # The exit took everything the contract held for the address. Items already in a batch are still
+        # reserved: if the contract skips them, their release brings the balance back to zero.
+        self._balance(group, command.address, symbol).available -= command.amount
+        write.transfer(
+            TransferKind.WITHDRAWAL,
+            symbol,
+            (command.address, Bucket.AVAILABLE),
+            (CHAIN, Bucket.AVAILABLE),
+            command.amount,
+            reference,
+        )
+        group.idempotency[key] = IdempotencyRecord("", reference, write.time_us)
+        group.created_keys.append(key)
+        write.idempotency.append(
+            {
+                "key": idempotency_key(*key),
+                "scope": key[0],
+                "request_id": key[1],
+                "request_hash": "",
+                "resource": reference,
+                "create_time_us": write.time_us,
+            }
+        )
+
     def _record_fee_payout(self, command: RecordFeePayout, group: _Group) -> None:
         key = _fee_payout_key(command)
         if key in group.idempotency:
@@ -1071,10 +1125,16 @@ def _load(
     account_keys: set[AccountKey],
     known_payments: set[str],
     connection: Connection,
+    queued_of: Collection[AccountKey] = (),
 ) -> tuple[dict[tuple[str, str], IdempotencyRecord], dict[str, Payment], dict[AccountKey, Balance]]:
-    """On the reader's thread: the records, payments and balances a group needs."""
+    """On the reader's thread: the records, payments and balances a group needs; with ``queued_of``, also
+    every queued item of those (payer, token) accounts."""
     records = load_idempotency(connection, idempotency_keys)
     replayed = {pid for r in records.values() if (pid := _settled_item_id(r.resource)) is not None}
+    for payer, token in queued_of:
+        c = payments.c
+        query = sa.select(c.payment_id).where(c.payer == payer, c.token == token, c.status == int(PaymentStatus.QUEUED))
+        replayed.update(payment_id for (payment_id,) in connection.execute(query))
     found = load_payments(connection, (payment_ids | replayed) - known_payments)
     # The payers of named payments may not be cached yet: load them too (the caller keeps cached ones).
     keys = account_keys | {(p.payer, p.token) for p in found.values()}
@@ -1125,6 +1185,10 @@ def _withdrawal_scope(address: str) -> str:
 def _payment_scope(payer: str) -> str:
     # Request ids are the payer's own: two agents may pick the same one without colliding.
     return f"payment:{payer}"
+
+
+def _exit_key(command: RecordExit) -> tuple[str, str]:
+    return ("exit", f"{command.transaction_hash}:{command.log_index}")
 
 
 def _fee_payout_key(command: RecordFeePayout) -> tuple[str, str]:
