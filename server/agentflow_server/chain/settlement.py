@@ -25,7 +25,7 @@ from ..tokens import TokenRegistry
 from .contract import ETH_ADDRESS, Item, SettlementContract, decode_batch_logs, encode_call, encode_settle, topic
 from .deploy import transact
 from .relayer import GAS_CAP, Relayer, SignedTransaction
-from .rpc import CallReverted, ChainError, ChainRequestRefused, ChainUnavailable, Receipt
+from .rpc import CallReverted, ChainError, ChainRequestRefused, Receipt
 
 log = logging.getLogger("agentflow.chain.settlement")
 
@@ -290,11 +290,7 @@ class SettlementStage:
     async def _send_and_confirm(self, batch: Batch, payments: list[Payment], estimate: bool) -> Receipt:
         data = self._calldata(batch, payments)
         versions = self._versions(batch, data)
-        receipt = await self._mined_version(versions)
-        if receipt is None and await self._contract.last_batch_id() >= batch.chain_batch_id:
-            receipt = await self._find_execution(batch)
-            if receipt is None:
-                raise ChainError(f"contract batch {batch.chain_batch_id} executed, but its transaction is not found")
+        receipt = await self._mined_version(versions) or await self._execution_of(batch)
         # Sent before (a restart, or the node was away): send the newest version again; it may never have left.
         if receipt is None and versions and not await self._rebroadcast(versions[-1]):
             versions = []  # its nonce went to another transaction: sign afresh
@@ -303,22 +299,28 @@ class SettlementStage:
                 gas = None if estimate else self._gas_limit(payments)
                 signed = await self._relayer.prepare(self._contract.address, data, gas=gas)
             except CallReverted as error:
-                await self._resync_chain_id(batch)
-                raise BatchFailed(f"the contract refuses the batch: {error}") from error
-            await self._record(batch, signed)
-            try:
-                await self._relayer.broadcast(signed)
-            except ChainRequestRefused as error:
-                raise BatchFailed(f"the node refused the transaction: {error}") from error
-            versions = [signed]
+                # The estimate reverts: perhaps because a version of this batch already used its id.
+                receipt = await self._execution_of(batch)
+                if receipt is None:
+                    raise BatchFailed(f"the contract refuses the batch: {error}") from error
+            else:
+                await self._record(batch, signed)
+                try:
+                    await self._relayer.broadcast(signed)
+                except ChainRequestRefused as error:
+                    raise BatchFailed(f"the node refused the transaction: {error}") from error
+                versions = [signed]
         while True:
             if receipt is None:
                 receipt = await self._relayer.wait(
                     versions, lambda signed: self._record(batch, signed), self._contract.address
                 )
             if receipt.status != 1:
-                await self._resync_chain_id(batch)
-                raise BatchFailed(f"transaction {receipt.transaction_hash} reverted")
+                # Reverted. If the batch id was used meanwhile, another version of this batch used it.
+                executed = await self._execution_of(batch)
+                if executed is None:
+                    raise BatchFailed(f"transaction {receipt.transaction_hash} reverted")
+                receipt = executed
             confirmed = await self._confirm(receipt)
             if confirmed is not None:
                 return confirmed
@@ -372,17 +374,25 @@ class SettlementStage:
             return None
         return again
 
-    async def _resync_chain_id(self, batch: Batch) -> None:
-        """After a refusal: if the contract expects another batch id, take it (nothing was executed)."""
-        try:
-            expected = await self._contract.last_batch_id() + 1
-        except ChainUnavailable:
-            return
-        if expected != batch.chain_batch_id and batch.status is not BatchStatus.CONFIRMED:
-            log.warning("%s: the contract expects batch %d, not %d", batch.name, expected, batch.chain_batch_id)
-            batch.chain_batch_id = expected
-            batch.transactions.clear()
-            await self._engine.execute(RecordBatch(batch))
+    async def _execution_of(self, batch: Batch) -> Receipt | None:
+        """The receipt that executed this batch's id, or None if the contract has not executed it.
+
+        A batch keeps its id from forming to the end, and ids are used by one batch at a time, so an
+        execution of the id is one of this batch's versions: it is settled from it, never sent under another
+        id (which would pay twice). A contract behind the ledger (expecting a lower id) stops everything.
+        """
+        last = await self._contract.last_batch_id()
+        if last < batch.chain_batch_id - 1:
+            raise ChainError(
+                f"the contract's last batch is {last}, but {batch.name} is batch {batch.chain_batch_id}: the "
+                "ledger records batches the chain never executed; nothing more is sent"
+            )
+        if last < batch.chain_batch_id:
+            return None
+        receipt = await self._find_execution(batch)
+        if receipt is None:
+            raise ChainError(f"contract batch {batch.chain_batch_id} executed, but its transaction is not found")
+        return receipt
 
     async def _settle(self, batch: Batch, receipt: Receipt) -> None:
         settled, credited, skipped = decode_batch_logs(receipt.logs, self._contract.address)
