@@ -789,3 +789,33 @@ async def test_settlement_shows_in_the_metrics(start_server: StartServer) -> Non
     assert samples["agentflow_settlement_batch_items_sum"] == 1
     assert samples["agentflow_settlement_batch_gas_sum"] > 21_000
     assert samples["agentflow_deposits_block"] >= 1
+
+
+async def test_a_batch_the_contract_keeps_refusing_fails_its_payments_after_the_retries(
+    on_anvil: Anvil, start_server: StartServer
+) -> None:
+    server = await start_server(**on_anvil.settings(chain_retries=1))
+    chain = Chain(server)
+    alice = await chain.fund("alice", {"USDC": 10 * USDC})
+    # The owner hands the operator role to another key: this server's batches now revert.
+    owner = Relayer(chain.rpc, on_anvil.operator, chain.connection.identity.chain_id)
+    await transact(owner, chain.contract, encode_call("setOperator", dev_account("new operator").address))
+    async with server.client() as client:
+        payment = (await client.payments.SubmitPayment(pay(alice.address, BOB, "USDC", 2 * USDC))).payment
+        [failed] = await until_final(client, [payment.name])
+        assert failed.status == payments_pb2.PAYMENT_STATUS_FAILED
+        assert failed.failure_reason
+        balance = (
+            await client.accounts.GetBalances(accounts_pb2.GetBalancesRequest(address=alice.address, tokens=["USDC"]))
+        ).balances[0]
+        # The reservation is back: amount and fee are available again.
+        assert (balance.available, balance.reserved) == (str(10 * USDC), "0")
+    with ledger(server) as db:
+        status, attempts = db.execute("SELECT status, attempts FROM batches").fetchone()
+        types = [t for (t,) in db.execute("SELECT type FROM events WHERE resource = ?", (payment.name,))]
+    assert status == 4  # BATCH_STATUS_FAILED
+    assert attempts >= 1
+    assert types[-1] == "payment.failed"
+    assert await SettlementContract(chain.rpc, chain.contract).last_batch_id() == 0
+    assert await chain.token_balance("USDC", BOB) == 0
+    await assert_ledger_matches_chain(chain)

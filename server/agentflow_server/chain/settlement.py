@@ -298,8 +298,9 @@ class SettlementStage:
             try:
                 gas = None if estimate else self._gas_limit(payments)
                 signed = await self._relayer.prepare(self._contract.address, data, gas=gas)
-            except CallReverted as error:
-                # The estimate reverts: perhaps because a version of this batch already used its id.
+            except (CallReverted, ChainRequestRefused) as error:
+                # The estimate reverts (or the node will not run it): perhaps because a version of this batch
+                # already used its id.
                 receipt = await self._execution_of(batch)
                 if receipt is None:
                     raise BatchFailed(f"the contract refuses the batch: {error}") from error
