@@ -214,6 +214,9 @@ class SettlementStage:
     async def _drive(self, batch: Batch) -> None:
         """Take a batch to CONFIRMED (its payments COMPLETED), or after its retries to FAILED."""
         payments = self._engine.processing(batch.payment_ids) or await self._reader.payments(batch)
+        if [p.payment_id for p in payments] != batch.payment_ids:
+            # The contract's events name items by position: a batch that cannot be rebuilt exactly is not sent.
+            raise ChainError(f"{batch.name}: its payments cannot all be read back; it is not sent")
         failures = 0
         while True:
             try:
