@@ -623,14 +623,7 @@ class Engine:
         token = command.token
         symbol = token.symbol
         queued = group.queued[symbol]
-        depth = len(self.queues[symbol]) + self._inflight_queued[symbol] + queued
-        if depth >= self.config.max_queue_size:
-            raise ApiError(
-                Reason.QUEUE_FULL,
-                f"the {symbol} settlement queue holds its maximum of {self.config.max_queue_size} payments",
-                metadata={"token": symbol, "max_queue_size": str(self.config.max_queue_size)},
-                retry_delay=self.config.queue_full_retry,
-            )
+        self._require_queue_room(group, symbol, "payments")
         fee = self.quote(command.payer, token, command.amount, command.batch_size, queued)
         debit = command.amount + fee.total
         current = self._balances.get((command.payer, symbol))
@@ -677,19 +670,8 @@ class Engine:
         write.event("payment.queued", name, addresses, payment.task_id, payload)
         if command.request_id:
             key = (_payment_scope(command.payer), command.request_id)
-            group.idempotency[key] = IdempotencyRecord(request_hash, name, now_us)
-            group.created_keys.append(key)
+            _remember(group, key, request_hash, name)
             group.payments[payment.payment_id] = payment
-            write.idempotency.append(
-                {
-                    "key": idempotency_key(*key),
-                    "scope": key[0],
-                    "request_id": key[1],
-                    "request_hash": request_hash,
-                    "resource": name,
-                    "create_time_us": now_us,
-                }
-            )
         self._add_volume(group, command.payer, symbol, day_of(now_us), command.amount)
         group.queued[symbol] += 1
         group.pushes.append(payment)
@@ -712,14 +694,7 @@ class Engine:
                         metadata={"request_id": command.request_id, "resource": record.resource},
                     )
                 return group.payments[record.resource.removeprefix("withdrawals/")]
-        depth = len(self.queues[symbol]) + self._inflight_queued[symbol] + group.queued[symbol]
-        if depth >= self.config.max_queue_size:
-            raise ApiError(
-                Reason.QUEUE_FULL,
-                f"the {symbol} settlement queue holds its maximum of {self.config.max_queue_size} items",
-                metadata={"token": symbol, "max_queue_size": str(self.config.max_queue_size)},
-                retry_delay=self.config.queue_full_retry,
-            )
+        self._require_queue_room(group, symbol, "items")
         current = self._balances.get((command.address, symbol))
         available = current.available if current is not None else 0
         if available < command.amount:
@@ -767,24 +742,23 @@ class Engine:
             withdrawal_message(withdrawal).SerializeToString(),
         )
         if command.request_id:
-            record = IdempotencyRecord(request_hash, withdrawal.name, now_us)
-            group.idempotency[key] = record
-            group.created_keys.append(key)
+            _remember(group, key, request_hash, withdrawal.name)
             group.payments[withdrawal.payment_id] = withdrawal
-            write.idempotency.append(
-                {
-                    "key": idempotency_key(*key),
-                    "scope": key[0],
-                    "request_id": key[1],
-                    "request_hash": request_hash,
-                    "resource": withdrawal.name,
-                    "create_time_us": now_us,
-                }
-            )
         group.queued[symbol] += 1
         group.pushes.append(withdrawal)
         group.pushed_ids.add(withdrawal.payment_id)
         return withdrawal
+
+    def _require_queue_room(self, group: _Group, symbol: str, what: str) -> None:
+        """QUEUE_FULL unless the token's queue (committed, in flight and this group) has room for one more."""
+        depth = len(self.queues[symbol]) + self._inflight_queued[symbol] + group.queued[symbol]
+        if depth >= self.config.max_queue_size:
+            raise ApiError(
+                Reason.QUEUE_FULL,
+                f"the {symbol} settlement queue holds its maximum of {self.config.max_queue_size} {what}",
+                metadata={"token": symbol, "max_queue_size": str(self.config.max_queue_size)},
+                retry_delay=self.config.queue_full_retry,
+            )
 
     def _find_payment(self, group: _Group, payment_id: str) -> Payment:
         payment = group.payments.get(payment_id)
@@ -923,18 +897,7 @@ class Engine:
             command.amount,
             reference,
         )
-        group.idempotency[key] = IdempotencyRecord("", reference, write.time_us)
-        group.created_keys.append(key)
-        write.idempotency.append(
-            {
-                "key": idempotency_key(*key),
-                "scope": key[0],
-                "request_id": key[1],
-                "request_hash": "",
-                "resource": reference,
-                "create_time_us": write.time_us,
-            }
-        )
+        _remember(group, key, "", reference)
 
     def _record_fee_payout(self, command: RecordFeePayout, group: _Group) -> None:
         key = _fee_payout_key(command)
@@ -952,19 +915,7 @@ class Engine:
             self._balance(group, command.recipient, symbol).available += command.amount
             debit, credit = (CHAIN, Bucket.AVAILABLE), (command.recipient, Bucket.AVAILABLE)
         write.transfer(TransferKind.FEE, symbol, debit, credit, command.amount, reference)
-        record = IdempotencyRecord("", reference, write.time_us)
-        group.idempotency[key] = record
-        group.created_keys.append(key)
-        write.idempotency.append(
-            {
-                "key": idempotency_key(*key),
-                "scope": key[0],
-                "request_id": key[1],
-                "request_hash": "",
-                "resource": reference,
-                "create_time_us": write.time_us,
-            }
-        )
+        _remember(group, key, "", reference)
 
     # -- batches --------------------------------------------------------------------------------------
 
@@ -1104,18 +1055,7 @@ class Engine:
             "",
             deposit_message(deposit).SerializeToString(),
         )
-        group.idempotency[key] = IdempotencyRecord("", deposit.name, write.time_us)
-        group.created_keys.append(key)
-        write.idempotency.append(
-            {
-                "key": idempotency_key(*key),
-                "scope": key[0],
-                "request_id": key[1],
-                "request_hash": "",
-                "resource": deposit.name,
-                "create_time_us": write.time_us,
-            }
-        )
+        _remember(group, key, "", deposit.name)
         return deposit
 
 
@@ -1161,6 +1101,23 @@ def _checkpoint(connection: Connection) -> None:
     # PASSIVE: copy what no reader still needs, wait for nobody. The writer restarts the WAL from its
     # beginning once a checkpoint has copied all of it, so the file stays small.
     connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+
+
+def _remember(group: _Group, key: tuple[str, str], request_hash: str, resource: str) -> None:
+    """Record that ``key`` (scope, request id or log) made ``resource``: in the group, and as a row."""
+    write = group.write
+    group.idempotency[key] = IdempotencyRecord(request_hash, resource, write.time_us)
+    group.created_keys.append(key)
+    write.idempotency.append(
+        {
+            "key": idempotency_key(*key),
+            "scope": key[0],
+            "request_id": key[1],
+            "request_hash": request_hash,
+            "resource": resource,
+            "create_time_us": write.time_us,
+        }
+    )
 
 
 def _payload(payment: Payment) -> bytes:
