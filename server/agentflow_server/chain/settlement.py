@@ -150,6 +150,8 @@ class SettlementStage:
         size = self.config.max_batch_size
         if queued < size and now - self._waiting_since < self.config.batch_timeout:
             return []
+        # No more than the gas cap can hold are looked at: a deep queue must not make every batch sort more.
+        size = min(size, (GAS_CAP - BATCH_BASE_GAS - TOKEN_GROUP_GAS) // min(TOKEN_ITEM_GAS, ETH_ITEM_GAS))
         # Earliest deadlines first across tokens; then grouped by token, as the contract takes them.
         candidates = []
         gas = BATCH_BASE_GAS
@@ -366,17 +368,17 @@ class SettlementStage:
         return await self._rpc.receipt(logs[-1].transaction_hash, self._contract.address)
 
     async def _confirm(self, receipt: Receipt) -> Receipt | None:
-        """Wait for the confirmations; the receipt as it then stands, or None if its block left the chain."""
+        """Wait for the confirmations; the receipt, or None if its block left the chain."""
         wanted = receipt.block_number + self.config.confirmations - 1
         head = await self._rpc.block_number()
         while head < wanted:
             await asyncio.sleep(self.config.poll_interval)
             head = await self._rpc.block_number()
-        again = await self._rpc.receipt(receipt.transaction_hash, self._contract.address)
+        # The receipt stands while its block is still the chain's block at that height.
         block = await self._rpc.block(receipt.block_number)
-        if again is None or block is None or again.block_hash != block.hash:
+        if block is None or block.hash != receipt.block_hash:
             return None
-        return again
+        return receipt
 
     async def _execution_of(self, batch: Batch) -> Receipt | None:
         """The receipt that executed this batch's id, or None if the contract has not executed it.
