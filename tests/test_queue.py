@@ -64,6 +64,18 @@ def test_removed_payments_are_skipped_and_compacted() -> None:
     assert len(queue._heap) < 3000  # compacted once removals outnumbered live entries
 
 
+def test_a_batch_taken_off_the_front_leaves_nothing_for_the_next_peek_to_walk_past() -> None:
+    queue = SettlementQueue()
+    for i in range(3000):
+        push(queue, f"p{i}", Priority.NORMAL, float(i))
+    for _ in range(3):
+        for _, payment_id in queue.peek(400):
+            assert queue.remove(payment_id)
+    # The removed entries were the heap's front: they are gone from it, not kept until a compaction.
+    assert len(queue._heap) == len(queue) == 1800
+    assert [payment_id for _, payment_id in queue.peek(2)] == ["p1200", "p1201"]
+
+
 def test_a_second_push_replaces_the_first() -> None:
     queue = SettlementQueue()
     push(queue, "a", Priority.LOW, 0.0)

@@ -58,8 +58,9 @@ class SettlementQueue:
         heapq.heappush(self._heap, (deadline, self._counter, payment_id))
 
     def remove(self, payment_id: str) -> bool:
-        """Take a payment out (cancelled); ``False`` if it was not queued."""
+        """Take a payment out (batched or cancelled); ``False`` if it was not queued."""
         removed = self._live.pop(payment_id, None) is not None
+        self._drop_dead_front()
         self._compact()
         return removed
 
@@ -78,7 +79,8 @@ class SettlementQueue:
         """The first ``count`` payments and their deadlines, in order, left in the queue.
 
         Walks the heap from its root, smallest first, so it costs O(count log count) however long the queue
-        (a backlog of a hundred thousand must not make every batch pay for all of it).
+        (a backlog of a hundred thousand must not make every batch pay for all of it). Removed entries are
+        dropped from the root as they appear, so those a walk passes are only cancellations behind it.
         """
         heap = self._heap
         found: list[tuple[float, str]] = []
@@ -91,6 +93,12 @@ class SettlementQueue:
                 if child < len(heap):
                     heapq.heappush(frontier, (heap[child], child))
         return found
+
+    def _drop_dead_front(self) -> None:
+        # Batched payments are the front of the heap: left there, every peek would walk past all of them.
+        heap, live = self._heap, self._live
+        while heap and live.get(heap[0][2]) != heap[0][1]:
+            heapq.heappop(heap)
 
     def _compact(self) -> None:
         # Removed entries stay in the heap until popped; rebuild when they are most of it.
