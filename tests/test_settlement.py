@@ -44,7 +44,9 @@ from agentflow_server.chain.deploy import (
 )
 from agentflow_server.chain.relayer import Relayer
 from agentflow_server.chain.rpc import Rpc
-from agentflow_server.engine.model import CHAIN
+from agentflow_server.chain.settlement import new_batch_id
+from agentflow_server.engine.commands import OpenBatch
+from agentflow_server.engine.model import CHAIN, Batch
 
 from .anvil import ANVIL_KEYS, TcpProxy, anvil, free_port
 from .conftest import ADMIN_KEY, RunningServer, StartServer
@@ -541,6 +543,41 @@ async def test_an_exit_returns_what_the_service_has_not_settled_and_the_ledger_f
         with pytest.raises(FailedPrecondition) as refused:
             await client.payments.SubmitPayment(pay(alice.address, BOB, "USDC", USDC))
         assert refused.value.reason is Reason.INSUFFICIENT_BALANCE
+    await assert_ledger_matches_chain(chain)
+
+
+async def test_a_batch_formed_under_a_wrong_id_takes_the_contracts_next_one_when_it_is_signed(
+    on_anvil: Anvil, start_server: StartServer
+) -> None:
+    # The next batch is formed while the one before it is on its way, under the id that one leaves next: a
+    # forecast, wrong when that batch fails. A batch never signed takes the contract's next id instead.
+    server = await start_server(**on_anvil.settings(batch_timeout_ms=3_600_000, max_batch_size=1_000))
+    chain = Chain(server)
+    alice = await chain.fund("alice", {"USDC": 10 * USDC})
+    async with server.client() as client:
+        names = [
+            (await client.payments.SubmitPayment(pay(alice.address, BOB, "USDC", USDC))).payment.name for _ in "ab"
+        ]
+    # Formed here, not by the stage (which waits an hour for a fuller batch): one ahead of the contract (it
+    # expects 1) and one at the id the first will take.
+    for forecast, name in zip((7, 1), names, strict=True):
+        batch = await server.service.engine.execute(OpenBatch(new_batch_id(), forecast, (name.split("/")[1],)))
+        assert isinstance(batch, Batch)
+        assert batch.payment_ids
+    await server.service.stop()
+    # At start the stage finishes what the ledger holds unfinished, oldest first.
+    again = await start_server(**on_anvil.settings())
+    chain = Chain(again)
+    async with again.client() as client:
+        settled = await until_final(client, names)
+    assert {p.status for p in settled} == {payments_pb2.PAYMENT_STATUS_COMPLETED}
+    assert await SettlementContract(chain.rpc, chain.contract).last_batch_id() == 2
+    with ledger(again) as db:
+        assert [row for row in db.execute("SELECT chain_batch_id, status FROM batches ORDER BY batch_id")] == [
+            (1, 3),  # BATCH_STATUS_CONFIRMED
+            (2, 3),
+        ]
+    assert await chain.token_balance("USDC", BOB) == 2 * USDC
     await assert_ledger_matches_chain(chain)
 
 

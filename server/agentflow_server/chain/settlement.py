@@ -3,8 +3,9 @@ batch to its confirmations.
 
 A batch is written before its transaction is sent, and every signed version of that transaction is
 written before it is broadcast, so after a crash the stage knows exactly what may be on chain. Batches go
-one at a time: the contract executes batch ids in order, and a batch id executes once, so however often a
-batch is sent (a retry, a replacement, a re-send after a reorg or a restart) it pays once.
+to the chain one at a time: the contract executes batch ids in order, and a batch id executes once, so
+however often a batch is sent (a retry, a replacement, a re-send after a reorg or a restart) it pays once.
+While one batch is on its way, the next one is formed, so that the ledger's work and the chain's overlap.
 """
 
 from __future__ import annotations
@@ -94,7 +95,10 @@ class SettlementStage:
         self._next_chain_id: int | None = None
         self._waiting_since: float | None = None
         self._reconciled = False
+        # The last confirmed batch's settlement, committed with the next batch's forming.
         self._settled: SettleBatch | None = None
+        # A batch formed (committed) while the one before it was on its way, not yet signed.
+        self._formed: Batch | None = None
         self._last_payout = time.monotonic()
 
     async def run(self) -> None:
@@ -124,16 +128,18 @@ class SettlementStage:
 
     async def reconcile(self) -> None:
         """Finish every batch a previous run formed or sent, checking the chain before sending anything new."""
+        self._formed = None  # it is in the ledger, unfinished: driven below in its turn
         await self._flush_settled()
         for batch in await self._reader.unfinished():
             log.info("reconciling %s (contract batch %d)", batch.name, batch.chain_batch_id)
-            await self._drive(batch)
+            self._settled = await self._drive(batch)
             await self._flush_settled()
 
-    async def _flush_settled(self) -> None:
+    async def _flush_settled(self) -> bool:
         settled, self._settled = self._settled, None
         if settled is not None:
             await self._engine.execute(settled)
+        return settled is not None
 
     # -- forming batches ----------------------------------------------------------------------------
 
@@ -171,19 +177,54 @@ class SettlementStage:
         return [payment_id for _, _, payment_id in candidates]
 
     async def settle_next(self) -> bool:
-        """Form and settle the next batch if one is due; whether there was anything to do."""
+        """Settle the next batch if one is due, forming the one after it meanwhile; whether there was anything
+        to do."""
+        batch, self._formed = self._formed, None
         settled, self._settled = self._settled, None
+        if batch is None:
+            batch = await self._form(settled)
+            if batch is None:
+                return settled is not None
+            settled = None
+        # The ledger forms the next batch (committing this one's predecessor's settlement with it) while this
+        # one goes to the chain. Its contract id is a forecast until it is signed (see _send_and_confirm). It
+        # starts once this one's transaction is recorded: the engine commits in order, and a forming ahead of
+        # the record would hold the send behind it.
+        forming: asyncio.Task[Batch | None] | None = None
+
+        def form() -> None:
+            nonlocal forming
+            if forming is None:
+                forming = asyncio.create_task(self._form(settled))
+
+        try:
+            self._settled = await self._drive(batch, on_recorded=form)
+        except BaseException as error:
+            # What the forming commits is in the ledger, where reconciling finds it: it is let finish first, so
+            # that reconciling reads it (a stop cancels it; the next start reconciles).
+            if forming is not None:
+                if isinstance(error, asyncio.CancelledError):
+                    forming.cancel()
+                await asyncio.gather(forming, return_exceptions=True)
+            raise
+        form()
+        assert forming is not None
+        self._formed = await forming
+        return True
+
+    async def _form(self, settled: SettleBatch | None) -> Batch | None:
+        """Commit ``settled``, with the next batch's forming when one is due; the batch formed, if any."""
         payment_ids = self._due()
         if not payment_ids:
             if settled is not None:
                 await self._engine.execute(settled)
-                return True
-            return False
+            return None
         if self._next_chain_id is None:
             self._next_chain_id = await self._contract.last_batch_id() + 1
         opening = OpenBatch(new_batch_id(), self._next_chain_id, tuple(payment_ids))
+        opened: object
         if settled is None:
-            batch = await self._engine.execute(opening)
+            opened = await self._engine.execute(opening)
         else:
             # The confirmed batch's settlement and the next batch's forming share one commit.
             outcomes = await self._engine.execute_many([settled, opening])
@@ -191,12 +232,12 @@ class SettlementStage:
                 if isinstance(outcome, Exception):
                     raise outcome
             opened = outcomes[1]
-            assert isinstance(opened, Batch)
-            batch = opened
-        assert isinstance(batch, Batch)
-        if batch.payment_ids:
-            await self._drive(batch)
-        return True
+        assert isinstance(opened, Batch)
+        batch = opened
+        if not batch.payment_ids:
+            return None
+        self._next_chain_id = batch.chain_batch_id + 1
+        return batch
 
     async def _pay_out_fees_when_due(self) -> None:
         """Every ``fee_payout_interval``, pay each token's accrued fees out to the four recipients. The deposit
@@ -213,8 +254,10 @@ class SettlementStage:
 
     # -- driving one batch --------------------------------------------------------------------------
 
-    async def _drive(self, batch: Batch) -> None:
-        """Take a batch to CONFIRMED (its payments COMPLETED), or after its retries to FAILED."""
+    async def _drive(self, batch: Batch, on_recorded: Callable[[], None] = lambda: None) -> SettleBatch | None:
+        """Take a batch to its confirmations, or after its retries to FAILED; the settlement to commit (its
+        payments COMPLETED), or None when it failed. ``on_recorded`` is called when a version of its
+        transaction is recorded, about to be broadcast."""
         payments = self._engine.processing(batch.payment_ids) or await self._reader.payments(batch)
         if [p.payment_id for p in payments] != batch.payment_ids:
             # The contract's events name items by position: a batch that cannot be rebuilt exactly is not sent.
@@ -224,9 +267,8 @@ class SettlementStage:
             try:
                 # After a failure the node estimates the gas: a limit from the bounds that proved too low
                 # (a token with costly hooks) must not fail every retry the same way.
-                receipt = await self._send_and_confirm(batch, payments, estimate=failures > 0)
-                await self._settle(batch, receipt)
-                return
+                receipt = await self._send_and_confirm(batch, payments, failures > 0, on_recorded)
+                return self._settle(batch, receipt)
             except BatchFailed as error:
                 # What was sent is spent (reverted, or refused): the next attempt signs afresh.
                 batch.transactions.clear()
@@ -238,7 +280,7 @@ class SettlementStage:
                     if self._metrics is not None:
                         self._metrics.batches.labels("failed").inc()
                     self._next_chain_id = None  # the id was not used: the next batch takes it
-                    return
+                    return None
                 log.warning("%s attempt %d failed, retrying: %s", batch.name, failures, error)
                 await asyncio.sleep(min(self.config.backoff * 2 ** (failures - 1), 30.0))
 
@@ -292,10 +334,20 @@ class SettlementStage:
             for t in batch.transactions
         ]
 
-    async def _send_and_confirm(self, batch: Batch, payments: list[Payment], estimate: bool) -> Receipt:
-        data = self._calldata(batch, payments)
-        versions = self._versions(batch, data)
-        receipt = await self._mined_version(versions) or await self._execution_of(batch)
+    async def _send_and_confirm(
+        self, batch: Batch, payments: list[Payment], estimate: bool, on_recorded: Callable[[], None]
+    ) -> Receipt:
+        if batch.attempts == 0:
+            # Never signed, so no version of it is anywhere: it takes the contract's next id now. The id it
+            # was formed with is a forecast, wrong when a batch before it failed.
+            await self._take_next_id(batch)
+            receipt = None
+            versions: list[SignedTransaction] = []
+            data = self._calldata(batch, payments)
+        else:
+            data = self._calldata(batch, payments)
+            versions = self._versions(batch, data)
+            receipt = await self._mined_version(versions) or await self._execution_of(batch)
         # Sent before (a restart, or the node was away): send the newest version again; it may never have left.
         if receipt is None and versions and not await self._rebroadcast(versions[-1]):
             versions = []  # its nonce went to another transaction: sign afresh
@@ -311,6 +363,7 @@ class SettlementStage:
                     raise BatchFailed(f"the contract refuses the batch: {error}") from error
             else:
                 await self._record(batch, signed)
+                on_recorded()
                 try:
                     await self._relayer.broadcast(signed)
                 except ChainRequestRefused as error:
@@ -338,6 +391,14 @@ class SettlementStage:
                 receipt = await self._mined_version(versions) or await self._find_execution(batch)
                 if receipt is None:
                     raise BatchFailed("the reorganised transaction's nonce was taken by another")
+
+    async def _take_next_id(self, batch: Batch) -> None:
+        """Give a batch never signed the contract's next id (recorded with its first signed version)."""
+        next_id = await self._contract.last_batch_id() + 1
+        if batch.chain_batch_id != next_id:
+            log.info("%s takes contract batch %d (formed as %d)", batch.name, next_id, batch.chain_batch_id)
+            batch.chain_batch_id = next_id
+            self._next_chain_id = None  # the forecast was wrong: the next batch asks the contract
 
     async def _mined_version(self, versions: list[SignedTransaction]) -> Receipt | None:
         for version in reversed(versions):
@@ -383,9 +444,10 @@ class SettlementStage:
     async def _execution_of(self, batch: Batch) -> Receipt | None:
         """The receipt that executed this batch's id, or None if the contract has not executed it.
 
-        A batch keeps its id from forming to the end, and ids are used by one batch at a time, so an
-        execution of the id is one of this batch's versions: it is settled from it, never sent under another
-        id (which would pay twice). A contract behind the ledger (expecting a lower id) stops everything.
+        A batch keeps its id from its first signing to the end, and ids are used by one signed batch at a
+        time, so an execution of the id is one of this batch's versions: it is settled from it, never sent
+        under another id (which would pay twice). A contract behind the ledger (expecting a lower id) stops
+        everything.
         """
         last = await self._contract.last_batch_id()
         if last < batch.chain_batch_id - 1:
@@ -400,7 +462,7 @@ class SettlementStage:
             raise ChainError(f"contract batch {batch.chain_batch_id} executed, but its transaction is not found")
         return receipt
 
-    async def _settle(self, batch: Batch, receipt: Receipt) -> None:
+    def _settle(self, batch: Batch, receipt: Receipt) -> SettleBatch:
         settled, credited, skipped = decode_batch_logs(receipt.logs, self._contract.address)
         if settled is None or settled.batch_id != batch.chain_batch_id:
             raise ChainError(
@@ -411,10 +473,6 @@ class SettlementStage:
         batch.block_hash = receipt.block_hash
         batch.gas_used = receipt.gas_used
         batch.gas_price = receipt.effective_gas_price
-        # Committed by settle_next, with the next batch's forming when one is due (a crash before that is
-        # reconciled at start: the batch is recorded as sent, and its receipt is on chain).
-        self._settled = SettleBatch(batch, frozenset(c.index for c in credited), frozenset(s.index for s in skipped))
-        self._next_chain_id = batch.chain_batch_id + 1
         if self._metrics is not None:
             self._metrics.batches.labels("confirmed").inc()
             self._metrics.batch_items.observe(len(batch.payment_ids))
@@ -427,3 +485,6 @@ class SettlementStage:
             receipt.block_number,
             receipt.gas_used,
         )
+        # Committed with the next batch's forming when one is due (a crash before that is reconciled at start:
+        # the batch is recorded as sent, and its receipt is on chain).
+        return SettleBatch(batch, frozenset(c.index for c in credited), frozenset(s.index for s in skipped))
