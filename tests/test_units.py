@@ -180,3 +180,82 @@ def test_timestamps_match_protobufs_own_conversion(time_us: int) -> None:
     expected = Timestamp()
     expected.FromMicroseconds(time_us)
     assert timestamp(time_us) == expected
+
+
+def test_a_payment_serialized_in_two_parts_reads_as_the_whole_payment_in_each_of_its_states() -> None:
+    import dataclasses
+
+    from agentflow_payments.v1 import common_pb2, payments_pb2
+    from agentflow_server.engine.fees import Fee
+    from agentflow_server.engine.model import Payment, PaymentStatus, Priority, Settlement
+    from agentflow_server.wire import payment_bytes, timestamp
+
+    fee = Fee(3_000, 1_200, 900, 600, 300, 3_000, 30, -5, 10, 0)
+    queued = Payment(
+        payment_id="0190abcdef0123456789abcd",
+        payer=ALICE,
+        payee="0x" + "b" * 40,
+        token="USDC",
+        amount=10**6,
+        fee=fee,
+        priority=Priority.HIGH,
+        status=PaymentStatus.QUEUED,
+        task_id="task-7",
+        memo="for the summary",
+        metadata={"run": "42"},
+        request_id="req-1",
+        create_time_us=1_764_000_000_000_001,
+        update_time_us=1_764_000_000_000_001,
+        failure_reason="",
+        escrow_id="e1",
+    )
+    processing = dataclasses.replace(queued, status=PaymentStatus.PROCESSING, update_time_us=1_764_000_000_500_000)
+    settlement = Settlement("b1", "0x" + "ab" * 32, 12, 10_900, 10_900 * 10**9, 1_764_000_001_000_000)
+    completed = dataclasses.replace(
+        processing, status=PaymentStatus.COMPLETED, update_time_us=1_764_000_001_000_000, settlement=settlement
+    )
+    failed = dataclasses.replace(
+        processing, status=PaymentStatus.FAILED, update_time_us=1_764_000_002_000_000, failure_reason="reverted"
+    )
+    for payment in (queued, processing, completed, failed):
+        expected = payments_pb2.Payment(
+            name="payments/0190abcdef0123456789abcd",
+            payer=ALICE,
+            payee="0x" + "b" * 40,
+            token="USDC",
+            amount="1000000",
+            fee=common_pb2.FeeBreakdown(
+                total="3000",
+                platform="1200",
+                network="900",
+                agent="600",
+                staking="300",
+                base="3000",
+                rate_bps=30,
+                congestion_adjustment_bps=-5,
+                volume_discount_bps=10,
+                token="USDC",
+            ),
+            priority=common_pb2.PRIORITY_HIGH,
+            status=int(payment.status),  # type: ignore[arg-type]
+            task_id="task-7",
+            memo="for the summary",
+            metadata={"run": "42"},
+            request_id="req-1",
+            create_time=timestamp(1_764_000_000_000_001),
+            update_time=timestamp(payment.update_time_us),
+            failure_reason=payment.failure_reason,
+            escrow="escrows/e1",
+        )
+        if payment.settlement is not None:
+            expected.settlement.CopyFrom(
+                payments_pb2.PaymentSettlement(
+                    batch="batches/b1",
+                    transaction_hash="0x" + "ab" * 32,
+                    block_number=12,
+                    gas_used="10900",
+                    gas_cost_wei=str(10_900 * 10**9),
+                    complete_time=timestamp(1_764_000_001_000_000),
+                )
+            )
+        assert payments_pb2.Payment.FromString(payment_bytes(payment)) == expected, payment.status
