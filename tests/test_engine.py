@@ -10,11 +10,19 @@ from pathlib import Path
 import pytest
 
 from agentflow_payments import Reason
-from agentflow_server.engine.commands import CompletePayment, CreditDeposit, FailPayment, SubmitPayment
+from agentflow_server.engine.commands import (
+    CompletePayment,
+    CreditDeposit,
+    FailPayment,
+    OpenBatch,
+    SettleBatch,
+    SubmitPayment,
+)
 from agentflow_server.engine.engine import Engine, EngineConfig
-from agentflow_server.engine.model import CHAIN, FEES, Balance, Deposit, Payment, PaymentStatus, Priority
+from agentflow_server.engine.model import CHAIN, FEES, Balance, Batch, Deposit, Payment, PaymentStatus, Priority
 from agentflow_server.errors import ApiError
 from agentflow_server.ledger import Database, StorageError
+from agentflow_server.ledger.payments import load_payments
 from agentflow_server.tokens import TokenRegistry
 
 from .conftest import ALICE, BOB
@@ -99,6 +107,41 @@ async def test_completed_payments_leave_the_ledger_and_failed_ones_come_back(eng
     assert sums[(FEES, 1)] == 10_000
     assert sums[(CHAIN, 1)] == -100_000_000 + 1_000_000
     assert sum(sums.values()) == 0
+
+
+async def test_what_the_ledger_stores_of_a_changed_payment_reads_back_as_the_engine_holds_it(
+    engine: Engine, tmp_path: Path
+) -> None:
+    # Changed payments are written by their state columns alone: each state must read back whole.
+    await engine.execute(deposit(ALICE, 100_000_000))
+    submitted = [await engine.execute(submit()) for _ in range(3)]
+    ids = [p.payment_id for p in submitted if isinstance(p, Payment)]
+    batch = await engine.execute(OpenBatch("b1", 1, tuple(ids[:2])))
+    assert isinstance(batch, Batch)
+    batch.transaction_hash, batch.block_number, batch.block_hash = "0x" + "ab" * 32, 12, "0x" + "cd" * 32
+    batch.gas_used, batch.gas_price = 90_001, 10**9
+    settled = await engine.execute(SettleBatch(batch, frozenset(), frozenset({1})))
+    assert isinstance(settled, Batch)
+    failed = await engine.execute(FailPayment(ids[2], "payee rejected"))
+    assert isinstance(failed, Payment)
+    database = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
+    try:
+        async with database.connect() as connection:
+            stored = await connection.run_sync(load_payments, ids)
+    finally:
+        await database.close()
+    completed, skipped = stored[ids[0]], stored[ids[1]]
+    assert (completed.status, completed.batch_id) == (PaymentStatus.COMPLETED, "b1")
+    assert completed.settlement is not None
+    assert (completed.settlement.transaction_hash, completed.settlement.block_number) == ("0x" + "ab" * 32, 12)
+    assert completed.settlement.gas_used == 45_001  # half the batch's gas, the first item its remainder
+    assert completed.settlement.gas_cost_wei == 45_001 * 10**9
+    assert completed.update_time_us == completed.settlement.complete_time_us > completed.create_time_us
+    assert (skipped.status, skipped.batch_id, skipped.settlement) == (PaymentStatus.FAILED, "b1", None)
+    assert "skipped" in skipped.failure_reason
+    assert stored[ids[2]] == failed
+    for payment in stored.values():
+        assert (payment.payer, payment.amount, payment.fee) == (ALICE, 1_000_000, submitted[0].fee)  # type: ignore[union-attr]
 
 
 async def test_a_failed_commit_undoes_its_group_and_those_built_on_it(engine: Engine, tmp_path: Path) -> None:

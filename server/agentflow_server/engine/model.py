@@ -82,7 +82,12 @@ class Settlement:
 
 @dataclass(slots=True)
 class Payment:
-    """A payment from one agent to another."""
+    """A payment from one agent to another.
+
+    Once accepted, only its state changes: ``status``, ``update_time_us``, ``failure_reason``, ``batch_id``
+    and ``settlement``. The ledger writes a changed payment's state alone, and its event payloads reuse
+    the rest serialized once.
+    """
 
     payment_id: str
     payer: str

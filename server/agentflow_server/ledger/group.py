@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from ..engine.model import Balance, Batch, Payment
-from .payments import payment_row
+from .payments import payment_row, payment_state_row
 from .schema import accounts, batches, chain_state, events, idempotency, payments, transfers, volume_daily
 from .types import Amount
 
@@ -61,7 +61,7 @@ class GroupWrite:
         self.payment_rows = [payment_row(p) for p in self.new_payments]
         # A payment made and changed in the same group is inserted as it ends.
         new = {p.payment_id for p in self.new_payments}
-        self.changed_rows = [payment_row(p) for p in self.changed_payments.values() if p.payment_id not in new]
+        self.changed_rows = [payment_state_row(p) for p in self.changed_payments.values() if p.payment_id not in new]
         self.account_rows = [
             {
                 "address": address,
@@ -189,9 +189,6 @@ def load_idempotency(
 # The tables a group inserts into, and the keys of those it upserts.
 _INSERTS: dict[str, tuple[sa.Table, tuple[str, ...] | None]] = {
     "payments": (payments, None),
-    # Changed payments are written whole: a multi-row upsert costs one statement for hundreds of rows,
-    # where an UPDATE per row cost one round through the driver each.
-    "payments_changed": (payments, ("payment_id",)),
     "accounts": (accounts, ("address", "token")),
     "transfers": (transfers, None),
     "idempotency": (idempotency, None),
@@ -200,11 +197,17 @@ _INSERTS: dict[str, tuple[sa.Table, tuple[str, ...] | None]] = {
     "batches": (batches, ("batch_id",)),
     "chain_state": (chain_state, ("key",)),
 }
+# The tables a group updates by key, many rows in one statement (an UPDATE per row cost one round through
+# the driver each): changed payments, by their state columns only (a whole-row upsert bound three times the
+# values and rewrote the payer, payee and task index entries for nothing).
+_UPDATES: dict[str, tuple[sa.Table, str]] = {"payments_changed": (payments, "payment_id")}
 # SQLite allows 32766 parameters a statement; stay well below it.
 _MAX_PARAMETERS = 16_000
 
 
-def _multi_row_insert(dialect: str, name: str, keys: tuple[str, ...], count: int) -> Any:
+def _multi_row_statement(dialect: str, name: str, keys: tuple[str, ...], count: int) -> Any:
+    if name in _UPDATES:
+        return _multi_row_update(name, keys, count)
     table, conflict = _INSERTS[name]
     # ON CONFLICT ... DO UPDATE exists in both databases, under each dialect's own construct.
     insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
@@ -217,6 +220,17 @@ def _multi_row_insert(dialect: str, name: str, keys: tuple[str, ...], count: int
             set_={key: insert.excluded[key] for key in keys if key not in conflict},
         )
     return insert
+
+
+def _multi_row_update(name: str, keys: tuple[str, ...], count: int) -> Any:
+    """``WITH v(key, ...) AS (VALUES (...), ...) UPDATE table SET ... FROM v WHERE table.key = v.key``: the
+    form both SQLite (3.33+) and PostgreSQL take."""
+    table, key = _UPDATES[name]
+    rows = sa.values(*[sa.column(k, table.c[k].type) for k in keys], name="v").data(
+        [tuple(sa.bindparam(f"r{i}_{k}", type_=table.c[k].type) for k in keys) for i in range(count)]
+    )
+    v = rows.cte("v")
+    return sa.update(table).values({k: v.c[k] for k in keys if k != key}).where(table.c[key] == v.c[key])
 
 
 @dataclass(frozen=True)
@@ -235,10 +249,10 @@ def _statement(connection: Connection, name: str, keys: tuple[str, ...], count: 
     cache_key = (dialect.name, name, keys, count)
     found = _compiled.get(cache_key)
     if found is None:
-        statement = _multi_row_insert(dialect.name, name, keys, count)
+        statement = _multi_row_statement(dialect.name, name, keys, count)
         compiled = statement.compile(dialect=dialect)
         parameters = list(compiled.positiontup or ())
-        # Inserts name their parameters r{row}_{key}; the first row's order is every row's.
+        # Statements name their parameters r{row}_{key}; the first row's order is every row's.
         order = [p.partition("_")[2] for p in parameters if p.startswith("r0_")]
         assert len(parameters) == len(order) * count
         getter = operator.itemgetter(*order)
@@ -280,7 +294,7 @@ def _execute_many(connection: Connection, name: str, rows: list[dict[str, Any]])
 
 @functools.cache
 def _amount_columns(name: str) -> frozenset[str]:
-    table = _INSERTS[name][0]
+    table = _UPDATES[name][0] if name in _UPDATES else _INSERTS[name][0]
     return frozenset(c.name for c in table.columns if isinstance(c.type, Amount))
 
 

@@ -56,6 +56,24 @@ def payment_row(payment: Payment) -> dict[str, Any]:
     }
 
 
+def payment_state_row(payment: Payment) -> dict[str, Any]:
+    """The columns of what changes in a payment after it is accepted: its state and its settlement (see
+    :class:`~agentflow_server.engine.model.Payment`)."""
+    settlement = payment.settlement
+    return {
+        "payment_id": payment.payment_id,
+        "status": int(payment.status),
+        "update_time_us": payment.update_time_us,
+        "batch_id": payment.batch_id,
+        "failure_reason": payment.failure_reason,
+        "transaction_hash": settlement.transaction_hash if settlement else None,
+        "block_number": settlement.block_number if settlement else None,
+        "gas_used": settlement.gas_used if settlement else None,
+        "gas_cost_wei": settlement.gas_cost_wei if settlement else None,
+        "complete_time_us": settlement.complete_time_us if settlement else None,
+    }
+
+
 def payment_from_row(row: Mapping[Any, Any]) -> Payment:
     """The payment a row holds."""
     settlement = None
