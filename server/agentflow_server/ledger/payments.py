@@ -19,9 +19,7 @@ from .schema import payments
 def payment_row(payment: Payment) -> dict[str, Any]:
     """The row of a payment."""
     fee = payment.fee
-    settlement = payment.settlement
     return {
-        "payment_id": payment.payment_id,
         "payer": payment.payer,
         "payee": payment.payee,
         "token": payment.token,
@@ -37,28 +35,20 @@ def payment_row(payment: Payment) -> dict[str, Any]:
         "fee_volume_bps": fee.volume_discount_bps,
         "fee_batch_bps": fee.batch_discount_bps,
         "priority": int(payment.priority),
-        "status": int(payment.status),
         "task_id": payment.task_id,
         "memo": payment.memo,
         "metadata": json.dumps(payment.metadata, separators=(",", ":")) if payment.metadata else "{}",
         "request_id": payment.request_id,
         "create_time_us": payment.create_time_us,
-        "update_time_us": payment.update_time_us,
-        "batch_id": payment.batch_id,
-        "failure_reason": payment.failure_reason,
         "escrow_id": payment.escrow_id,
-        "transaction_hash": settlement.transaction_hash if settlement else None,
-        "block_number": settlement.block_number if settlement else None,
-        "gas_used": settlement.gas_used if settlement else None,
-        "gas_cost_wei": settlement.gas_cost_wei if settlement else None,
-        "complete_time_us": settlement.complete_time_us if settlement else None,
         "kind": int(payment.kind),
+        **payment_state_row(payment),
     }
 
 
 def payment_state_row(payment: Payment) -> dict[str, Any]:
     """The columns of what changes in a payment after it is accepted: its state and its settlement (see
-    :class:`~agentflow_server.engine.model.Payment`)."""
+    :class:`~agentflow_server.engine.model.Payment`). With its id, so that it updates the row by itself."""
     settlement = payment.settlement
     return {
         "payment_id": payment.payment_id,
