@@ -611,15 +611,9 @@ class Engine:
         if command.request_id:
             key = (_payment_scope(command.payer), command.request_id)
             request_hash = command.request_hash()
-            record = group.idempotency.get(key)
-            if record is not None:
-                if record.request_hash != request_hash:
-                    raise ApiError(
-                        Reason.IDEMPOTENCY_CONFLICT,
-                        f"request_id {command.request_id!r} was already used for a different payment",
-                        metadata={"request_id": command.request_id, "resource": record.resource},
-                    )
-                return group.payments[record.resource.removeprefix("payments/")]
+            original = _replayed(group, key, request_hash, "payment")
+            if original is not None:
+                return original
         token = command.token
         symbol = token.symbol
         queued = group.queued[symbol]
@@ -685,15 +679,9 @@ class Engine:
         key = (_withdrawal_scope(command.address), command.request_id)
         request_hash = command.request_hash() if command.request_id else ""
         if command.request_id:
-            record = group.idempotency.get(key)
-            if record is not None:
-                if record.request_hash != request_hash:
-                    raise ApiError(
-                        Reason.IDEMPOTENCY_CONFLICT,
-                        f"request_id {command.request_id!r} was already used for a different withdrawal",
-                        metadata={"request_id": command.request_id, "resource": record.resource},
-                    )
-                return group.payments[record.resource.removeprefix("withdrawals/")]
+            original = _replayed(group, key, request_hash, "withdrawal")
+            if original is not None:
+                return original
         self._require_queue_room(group, symbol, "items")
         current = self._balances.get((command.address, symbol))
         available = current.available if current is not None else 0
@@ -1101,6 +1089,23 @@ def _checkpoint(connection: Connection) -> None:
     # PASSIVE: copy what no reader still needs, wait for nobody. The writer restarts the WAL from its
     # beginning once a checkpoint has copied all of it, so the file stays small.
     connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+
+
+def _replayed(group: _Group, key: tuple[str, str], request_hash: str, what: str) -> Payment | None:
+    """What the request id ``key`` made already (a payment or a withdrawal), or None if it is new;
+    IDEMPOTENCY_CONFLICT when it was used for a different request."""
+    record = group.idempotency.get(key)
+    if record is None:
+        return None
+    if record.request_hash != request_hash:
+        raise ApiError(
+            Reason.IDEMPOTENCY_CONFLICT,
+            f"request_id {key[1]!r} was already used for a different {what}",
+            metadata={"request_id": key[1], "resource": record.resource},
+        )
+    payment_id = _settled_item_id(record.resource)
+    assert payment_id is not None, record.resource
+    return group.payments[payment_id]
 
 
 def _remember(group: _Group, key: tuple[str, str], request_hash: str, resource: str) -> None:
