@@ -57,8 +57,8 @@ StartServer = Callable[..., Awaitable[RunningServer]]
 
 @pytest.fixture
 async def start_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[StartServer]:
-    """Start servers on ``tmp_path`` (the same ledger each time unless ``data_dir`` is given); all are
-    stopped at the end of the test."""
+    """Start servers on ``tmp_path`` (the same ledger each time unless ``data_dir`` is given, with the
+    service's own clock unless ``clock`` is given); all are stopped at the end of the test."""
     # The developer's own AGENTFLOW_* variables must not leak into tests.
     import os
 
@@ -69,8 +69,9 @@ async def start_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Async
 
     async def start(**overrides: object) -> RunningServer:
         data_dir = overrides.pop("data_dir", tmp_path / "data")
+        clock = overrides.pop("clock", None)
         settings = make_settings(data_dir, **overrides)  # type: ignore[arg-type]
-        service = await Service.start(settings)
+        service = await Service.start(settings, clock)  # type: ignore[arg-type]
         started.append(service)
         return RunningServer(service, settings)
 

@@ -56,6 +56,7 @@ def test_sdk_public_api_is_pinned() -> None:
             "AlreadyExists",
             "AsyncClient",
             "DeadlineExceeded",
+            "EscrowNotActive",
             "FailedPrecondition",
             "FieldViolation",
             "IdempotencyConflict",
@@ -74,6 +75,7 @@ def test_sdk_public_api_is_pinned() -> None:
             "Unauthenticated",
             "Unavailable",
             "Unimplemented",
+            "attestation_message",
             "from_rpc_error",
             "v1",
         ]

@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +27,7 @@ from agentflow_server.ledger.payments import load_payments
 from agentflow_server.tokens import TokenRegistry
 
 from .conftest import ALICE, BOB
+from .test_payments import CAROL
 
 TOKENS = TokenRegistry.configure({}, {})
 USDC = TOKENS.get("USDC")
@@ -277,3 +279,64 @@ def test_request_hash_tells_every_field_apart() -> None:
     # The request id itself and the batch it came in are not part of what the request means.
     same = SubmitPayment(ALICE, BOB, USDC, 10, Priority.NORMAL, "task", "memo", (("k", "v"),), "other", 50)
     assert same.request_hash() == base.request_hash()
+
+
+async def test_escrow_steps_in_pipelined_groups_see_each_other(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from agentflow_server.engine.commands import Actor, CreateEscrow, RefundEscrow, ReleaseEscrow
+    from agentflow_server.engine.model import Escrow, EscrowOutcome, EscrowStatus, ExpiryAction, ReleaseCondition
+    from agentflow_server.ledger.escrows import load_escrows
+
+    await engine.execute(deposit(ALICE, 10**9))
+    admin = Actor(frozenset(), admin=True)
+
+    def create(i: int) -> CreateEscrow:
+        return CreateEscrow(
+            ALICE, BOB, USDC, 1_000_000, f"t{i}", None, ReleaseCondition.PAYER_APPROVAL, None, None,
+            ExpiryAction.REFUND_PAYER, Priority.NORMAL, (), f"create-{i}",
+        )  # fmt: skip
+
+    created = await engine.execute_many([create(i) for i in range(40)])
+    ids = [e.escrow_id for e in created if isinstance(e, Escrow)]
+    assert len(ids) == 40
+    # Each escrow's steps land in different groups of 16, applied while earlier ones commit (slowly, so
+    # that the next group's reads always find the database behind).
+    original = Engine._write
+
+    def slow_write(self: Engine, *args: Any) -> None:
+        time.sleep(0.01)
+        original(self, *args)
+
+    monkeypatch.setattr(Engine, "_write", slow_write)
+    steps = [
+        step
+        for escrow_id in ids
+        for step in (
+            ReleaseEscrow(escrow_id, 300_000, admin, "m1"),
+            ReleaseEscrow(escrow_id, 200_000, admin, "m2"),
+            ReleaseEscrow(escrow_id, 300_000, admin, "m1"),  # a replay of the first
+            RefundEscrow(escrow_id, "", admin, ""),
+        )
+    ]
+    # One command first, so that the groups' boundaries fall between the steps of one escrow.
+    outcomes = await asyncio.gather(engine.execute(deposit(CAROL, 1)), *(engine.execute(step) for step in steps))
+    assert all(isinstance(o, EscrowOutcome) for o in outcomes[1:])
+    database = engine._database
+    async with database.connect() as connection:
+        stored = await connection.run_sync(load_escrows, ids)
+    for escrow in stored.values():
+        assert escrow.status is EscrowStatus.REFUNDED
+        assert (escrow.released_amount, escrow.refunded_amount) == (500_000, 500_000)
+        assert len(escrow.release_payments) == 2
+    balance = stored_balances(tmp_path / "ledger.db")[(ALICE, "USDC")]
+    assert balance.escrowed == 0
+    assert balance.available + balance.reserved == 10**9
+    sums = journal_sums(tmp_path / "ledger.db")
+    assert (sums[(ALICE, 1)], sums[(ALICE, 2)], sums.get((ALICE, 3), 0)) == (
+        balance.available,
+        balance.reserved,
+        0,
+    )

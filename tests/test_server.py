@@ -123,11 +123,11 @@ async def test_errors_are_rich_statuses_on_the_wire(server: RunningServer) -> No
 
 
 async def test_methods_of_later_issues_answer_unimplemented_with_a_reason(server: RunningServer) -> None:
-    from agentflow_payments.v1 import escrow_pb2, events_pb2
+    from agentflow_payments.v1 import events_pb2, webhooks_pb2
 
     async with server.client() as client:
         calls = [
-            client.escrows.CreateEscrow(escrow_pb2.CreateEscrowRequest()),
+            client.webhooks.ListWebhooks(webhooks_pb2.ListWebhooksRequest()),
             client.admin.GetMetrics(admin_pb2.GetMetricsRequest()),
         ]
         for call in calls:

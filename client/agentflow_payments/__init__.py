@@ -6,11 +6,13 @@ whose ``reason`` is one of ``Reason``.
 """
 
 from . import v1
+from ._attestation import attestation_message
 from ._client import DEFAULT_TIMEOUT, AsyncClient
 from ._exceptions import (
     AgentflowError,
     AlreadyExists,
     DeadlineExceeded,
+    EscrowNotActive,
     FailedPrecondition,
     FieldViolation,
     IdempotencyConflict,
@@ -41,6 +43,7 @@ __all__ = [
     "AlreadyExists",
     "AsyncClient",
     "DeadlineExceeded",
+    "EscrowNotActive",
     "FailedPrecondition",
     "FieldViolation",
     "IdempotencyConflict",
@@ -59,6 +62,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
+    "attestation_message",
     "from_rpc_error",
     "v1",
 ]

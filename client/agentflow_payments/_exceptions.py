@@ -100,6 +100,10 @@ class InsufficientBalance(FailedPrecondition):
     """The available balance does not cover amount plus fee."""
 
 
+class EscrowNotActive(FailedPrecondition):
+    """The escrow is resolved, disputed or past its expiry, so this step no longer applies."""
+
+
 class ResourceExhausted(AgentflowError):
     """A limit was reached; ``retry_delay`` says when to come back when the server knows."""
 
@@ -137,6 +141,7 @@ _BY_REASON: dict[str, type[AgentflowError]] = {
     Reason.ESCROW_INVALID_ATTESTATION: InvalidAttestation,
     Reason.IDEMPOTENCY_CONFLICT: IdempotencyConflict,
     Reason.INSUFFICIENT_BALANCE: InsufficientBalance,
+    Reason.ESCROW_NOT_ACTIVE: EscrowNotActive,
     Reason.RATE_LIMIT_EXCEEDED: RateLimited,
     Reason.QUEUE_FULL: QueueFull,
     Reason.SUBSCRIBER_TOO_SLOW: SubscriberTooSlow,

@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     token_addresses: dict[str, str] = Field(
         default_factory=dict, description="ERC-20 contract address per token symbol on the configured chain"
     )
+    escrow_default_expiry: float = Field(
+        7 * 86_400.0, gt=0, description="seconds until an escrow created without expire_time expires (7 days)"
+    )
+    escrow_max_expiry: float = Field(
+        90 * 86_400.0, gt=0, description="the furthest in the future, in seconds, an escrow's expiry may be set"
+    )
     settlement_enabled: bool = Field(
         True, description="settle on chain and credit deposits; off for a replica that only accepts payments"
     )
@@ -153,6 +159,12 @@ class Settings(BaseSettings):
         if value not in {"json", "text"}:
             raise ValueError(f"log_format must be json or text, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _check_escrow_expiry(self) -> Settings:
+        if self.escrow_default_expiry > self.escrow_max_expiry:
+            raise ValueError("escrow_default_expiry must not exceed escrow_max_expiry")
+        return self
 
     @model_validator(mode="after")
     def _check_tls(self) -> Settings:

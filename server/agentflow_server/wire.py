@@ -7,10 +7,10 @@ from collections.abc import Iterable
 
 from google.protobuf import timestamp_pb2
 
-from agentflow_payments.v1 import accounts_pb2, common_pb2, payments_pb2
+from agentflow_payments.v1 import accounts_pb2, common_pb2, escrow_pb2, payments_pb2
 
 from .engine.fees import Fee
-from .engine.model import Batch, Deposit, Payment, PaymentStatus
+from .engine.model import Batch, Deposit, Escrow, Payment, PaymentStatus
 
 
 def timestamp(time_us: int) -> timestamp_pb2.Timestamp:
@@ -185,4 +185,48 @@ def withdrawal_message(withdrawal: Payment) -> accounts_pb2.Withdrawal:
     )
     if settlement is not None:
         message.complete_time.CopyFrom(timestamp(settlement.complete_time_us))
+    return message
+
+
+def escrow_message(escrow: Escrow) -> escrow_pb2.Escrow:
+    """An escrow as the API shows it."""
+    message = escrow_pb2.Escrow(
+        name=escrow.name,
+        task_id=escrow.task_id,
+        payer=escrow.payer,
+        payee=escrow.payee,
+        token=escrow.token,
+        amount=str(escrow.amount),
+        released_amount=str(escrow.released_amount),
+        refunded_amount=str(escrow.refunded_amount),
+        held_amount=str(escrow.held),
+        fee=fee_message(escrow.fee, escrow.token),
+        release_condition=int(escrow.release_condition),  # type: ignore[arg-type]
+        arbiter=escrow.arbiter or "",
+        verifier=escrow.verifier or "",
+        expiry_action=int(escrow.expiry_action),  # type: ignore[arg-type]
+        expire_time=timestamp(escrow.expire_time_us),
+        status=int(escrow.status),  # type: ignore[arg-type]
+        expired=escrow.expired,
+        priority=int(escrow.priority),  # type: ignore[arg-type]
+        release_payments=[f"payments/{payment_id}" for payment_id in escrow.release_payments],
+        metadata=escrow.metadata,
+        request_id=escrow.request_id,
+        create_time=timestamp(escrow.create_time_us),
+        update_time=timestamp(escrow.update_time_us),
+    )
+    dispute = escrow.dispute
+    if dispute is not None:
+        message.dispute.CopyFrom(
+            escrow_pb2.EscrowDispute(
+                raised_by=dispute.raised_by,
+                reason=dispute.reason,
+                create_time=timestamp(dispute.create_time_us),
+                payee_amount="" if dispute.payee_amount is None else str(dispute.payee_amount),
+                payer_amount="" if dispute.payer_amount is None else str(dispute.payer_amount),
+                resolution_note=dispute.resolution_note,
+            )
+        )
+        if dispute.resolve_time_us is not None:
+            message.dispute.resolve_time.CopyFrom(timestamp(dispute.resolve_time_us))
     return message

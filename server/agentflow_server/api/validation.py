@@ -49,10 +49,11 @@ class Fields:
         """An address filter: ``None`` when empty."""
         return self.address(field, value) if value else None
 
-    def amount(self, field: str, value: str) -> int:
-        """A required positive amount below 2^256 (0 after recording a violation)."""
+    def amount(self, field: str, value: str, *, allow_zero: bool = False) -> int:
+        """A required positive (or, with ``allow_zero``, non-negative) amount below 2^256 (0 after
+        recording a violation)."""
         try:
-            return parse_amount(value)
+            return parse_amount(value, allow_zero=allow_zero)
         except ValueError as error:
             self.add(field, str(error))
             return 0

@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass
 
 from ..tokens import Token
-from .model import Batch, Priority
+from .model import Batch, ExpiryAction, Priority, ReleaseCondition
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +178,164 @@ class FailBatch:
     reason: str
 
 
+def _digest(fields: list[str]) -> str:
+    # Each field prefixed by its length, so no choice of values makes two requests read the same.
+    return hashlib.sha256("".join(f"{len(f)}:{f}" for f in fields).encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who asks for an escrow step: the addresses its API key is bound to, and whether it is an admin.
+
+    The engine decides with the escrow in hand whether this caller may take the step (the payer
+    releases, the payee refunds, the arbiter resolves...). ``reads_everything``: it may see every escrow.
+    ``arbiter_only``: an arbiter-scope key, which acts only as the arbiter of the escrows it is bound to.
+    """
+
+    addresses: frozenset[str]
+    admin: bool = False
+    reads_everything: bool = False
+    arbiter_only: bool = False
+
+    def sees(self, parties: tuple[str, ...]) -> bool:
+        """Whether the caller may see an escrow naming these addresses."""
+        return self.admin or self.reads_everything or not self.addresses.isdisjoint(parties)
+
+    def is_party(self, address: str) -> bool:
+        """Whether the caller may act as ``address``, the payer or payee of an escrow."""
+        return address in self.addresses and not self.arbiter_only
+
+    def is_arbiter(self, address: str | None) -> bool:
+        """Whether the caller may act as ``address``, the arbiter of an escrow."""
+        return address is not None and address in self.addresses
+
+
+@dataclass(frozen=True, slots=True)
+class CreateEscrow:
+    """Hold ``amount`` and its fee from the payer's available balance for a task. Fields are validated;
+    ``expire_time_us`` None means the configured default from now."""
+
+    payer: str
+    payee: str
+    token: Token
+    amount: int
+    task_id: str
+    expire_time_us: int | None
+    release_condition: ReleaseCondition
+    arbiter: str | None
+    verifier: str | None
+    expiry_action: ExpiryAction
+    priority: Priority
+    metadata: tuple[tuple[str, str], ...]
+    request_id: str
+
+    def request_hash(self) -> str:
+        """What the request means, as a digest (see :meth:`SubmitPayment.request_hash`)."""
+        return _digest(
+            [
+                self.payer,
+                self.payee,
+                self.token.symbol,
+                str(self.amount),
+                self.task_id,
+                str(self.expire_time_us or ""),
+                str(int(self.release_condition)),
+                self.arbiter or "",
+                self.verifier or "",
+                str(int(self.expiry_action)),
+                str(int(self.priority)),
+                *(part for pair in sorted(self.metadata) for part in pair),
+            ]
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseEscrow:
+    """Release ``amount`` (everything held when None) to the payee as a settlement payment."""
+
+    escrow_id: str
+    amount: int | None
+    actor: Actor
+    request_id: str
+
+    def request_hash(self) -> str:
+        """What the request means, as a digest."""
+        return _digest(["release", self.escrow_id, str(self.amount or "")])
+
+
+@dataclass(frozen=True, slots=True)
+class RefundEscrow:
+    """Return what is held (and its fee) to the payer's available balance."""
+
+    escrow_id: str
+    reason: str
+    actor: Actor
+    request_id: str
+
+    def request_hash(self) -> str:
+        """What the request means, as a digest."""
+        return _digest(["refund", self.escrow_id, self.reason])
+
+
+@dataclass(frozen=True, slots=True)
+class DisputeEscrow:
+    """Freeze an active escrow until its arbiter resolves it. ``raised_by`` is empty when the caller left
+    it to the engine to pick the one party the key is bound to."""
+
+    escrow_id: str
+    reason: str
+    raised_by: str
+    actor: Actor
+    request_id: str
+
+    def request_hash(self) -> str:
+        """What the request means, as a digest."""
+        return _digest(["dispute", self.escrow_id, self.reason, self.raised_by])
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveDispute:
+    """Split a disputed escrow's held amount: ``payee_amount`` released, ``payer_amount`` refunded."""
+
+    escrow_id: str
+    payee_amount: int
+    payer_amount: int
+    note: str
+    actor: Actor
+    request_id: str
+
+    def request_hash(self) -> str:
+        """What the request means, as a digest."""
+        return _digest(["resolve", self.escrow_id, str(self.payee_amount), str(self.payer_amount), self.note])
+
+
+@dataclass(frozen=True, slots=True)
+class AttestTaskResult:
+    """A task result attested by ``signer`` (recovered from its EIP-191 signature before the command is
+    made): releases everything held when the signer is the escrow's verifier."""
+
+    escrow_id: str
+    result_hash: str
+    signer: str
+    actor: Actor
+    request_id: str
+
+    def request_hash(self) -> str:
+        """What the request means, as a digest."""
+        return _digest(["attest", self.escrow_id, self.result_hash, self.signer])
+
+
+@dataclass(frozen=True, slots=True)
+class ExpireEscrow:
+    """An escrow's deadline passed: if it is still active, its expiry action runs. Otherwise nothing."""
+
+    escrow_id: str
+
+
+EscrowStep = ReleaseEscrow | RefundEscrow | DisputeEscrow | ResolveDispute | AttestTaskResult
+"""The commands a caller takes on an existing escrow."""
+
+
 Command = (
     SubmitPayment
     | Withdraw
@@ -192,4 +350,11 @@ Command = (
     | RecordBatch
     | SettleBatch
     | FailBatch
+    | CreateEscrow
+    | ReleaseEscrow
+    | RefundEscrow
+    | DisputeEscrow
+    | ResolveDispute
+    | AttestTaskResult
+    | ExpireEscrow
 )

@@ -25,11 +25,13 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from agentflow_payments import Reason
+from agentflow_payments import FieldViolation, Reason
 
+from ..clock import Clock
 from ..errors import ApiError, payment_not_found
 from ..ledger import Database, StorageError
 from ..ledger.database import ThreadConnection
+from ..ledger.escrows import load_deadlines, load_escrows
 from ..ledger.group import (
     AccountKey,
     GroupWrite,
@@ -43,29 +45,40 @@ from ..ledger.payments import load_payments
 from ..ledger.schema import payments, volume_daily
 from ..metrics import Metrics
 from ..tokens import Token, TokenRegistry
-from ..wire import batch_message, deposit_message, payment_bytes, withdrawal_message
+from ..wire import batch_message, deposit_message, escrow_message, payment_bytes, withdrawal_message
+from . import escrows as rules
 from .commands import (
+    AttestTaskResult,
     CancelPayment,
     Command,
     CompletePayment,
+    CreateEscrow,
     CreditDeposit,
+    DisputeEscrow,
+    EscrowStep,
+    ExpireEscrow,
     FailBatch,
     FailPayment,
     OpenBatch,
     RecordBatch,
     RecordExit,
     RecordFeePayout,
+    RefundEscrow,
+    ReleaseEscrow,
+    ResolveDispute,
     SetChainState,
     SettleBatch,
     SubmitPayment,
     Withdraw,
 )
+from .expiry import Deadlines
 from .fees import (
     Fee,
     FeeSchedule,
     batch_discount_bps,
     compute_fee,
     congestion_adjustment_bps,
+    fee_share,
     volume_discount_bps,
 )
 from .model import (
@@ -76,6 +89,11 @@ from .model import (
     BatchStatus,
     Bucket,
     Deposit,
+    Dispute,
+    Escrow,
+    EscrowOutcome,
+    EscrowStatus,
+    ExpiryAction,
     Payment,
     PaymentKind,
     PaymentStatus,
@@ -88,7 +106,7 @@ from .volume import WINDOW_DAYS, VolumeWindow, day_of
 
 log = logging.getLogger("agentflow.engine")
 
-Result = Payment | Deposit | Batch | None
+Result = Payment | Deposit | Batch | Escrow | EscrowOutcome | None
 
 
 @dataclass(frozen=True)
@@ -103,6 +121,8 @@ class EngineConfig:
     fee_schedule: FeeSchedule = field(default_factory=FeeSchedule)
     queue_policy: QueuePolicy = field(default_factory=QueuePolicy)
     queue_full_retry: datetime.timedelta = datetime.timedelta(seconds=1)
+    # When an escrow created without an expiry expires.
+    escrow_default_expiry: datetime.timedelta = datetime.timedelta(days=7)
     # Groups committing at once. Above 1, the next group is applied in memory while earlier ones commit,
     # so the loop and the database work side by side; on 2 shared cores 1 measured best (the engine then
     # waits for the commit and gathers everything that arrived meanwhile into the next group).
@@ -124,6 +144,9 @@ class _Group:
     write: GroupWrite
     idempotency: dict[tuple[str, str], IdempotencyRecord] = field(default_factory=dict)
     payments: dict[str, Payment] = field(default_factory=dict)
+    escrows: dict[str, Escrow] = field(default_factory=dict)
+    # (expire_time_us, escrow_id) of escrows this group created: the timer learns them once committed.
+    new_deadlines: list[tuple[int, str]] = field(default_factory=list)
     balance_undo: dict[AccountKey, Balance | None] = field(default_factory=dict)
     volume_undo: list[tuple[str, str, int, int]] = field(default_factory=list)
     queued: Counter[str] = field(default_factory=Counter)
@@ -149,8 +172,12 @@ class Engine:
         config: EngineConfig | None = None,
         base_fee_ratio_bps: Callable[[], int | None] = lambda: None,
         metrics: Metrics | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._database = database
+        self.clock = clock or Clock()
+        # The deadlines of active escrows, for the expiry timer (filled at start and by each new escrow).
+        self.deadlines = Deadlines()
         self.tokens = tokens
         self.config = config or EngineConfig()
         self._base_fee_ratio_bps = base_fee_ratio_bps
@@ -173,6 +200,7 @@ class Engine:
         # What in-flight groups made, by the group that last touched it (seq), for the reads of the next.
         self._inflight_records: dict[tuple[str, str], tuple[int, IdempotencyRecord]] = {}
         self._inflight_payments: dict[str, tuple[int, Payment]] = {}
+        self._inflight_escrows: dict[str, tuple[int, Escrow]] = {}
         # Committed payments in a batch under way, as committed: the batch's settlement names them all again,
         # and reading hundreds back from the database for it cost more than settling them.
         self._processing: dict[str, Payment] = {}
@@ -189,7 +217,7 @@ class Engine:
 
     async def start(self) -> None:
         """Rebuild the queues and volumes from the ledger, then start applying commands."""
-        now_us = time.time_ns() // 1000
+        now_us = self.clock.now_us()
         async with self._database.connect() as connection:
             queued = await connection.execute(
                 sa.select(
@@ -214,6 +242,7 @@ class Engine:
             )
             for row in volumes:
                 self._volume.load(row.payer, row.token, row.day, row.amount)
+            self.deadlines.add(await connection.run_sync(load_deadlines))
         if self._database.url.get_backend_name() == "sqlite":
             # Checkpoints copy the WAL back into the database file; done by the committing connection they
             # stall a commit for tens of milliseconds now and then. A thread of their own does them instead.
@@ -297,7 +326,7 @@ class Engine:
         ahead of it in the current group)."""
         schedule = self.config.fee_schedule
         depth = len(self.queues[token.symbol]) + self._inflight_queued[token.symbol] + queued
-        today = day_of(time.time_ns() // 1000)
+        today = day_of(self.clock.now_us())
         return compute_fee(
             schedule,
             amount,
@@ -362,7 +391,7 @@ class Engine:
     async def _apply(self, pending: list[_Pending]) -> None:
         """Apply a group in memory and start its commit; the callers are answered when it commits."""
         self._group_seq += 1
-        group = _Group(GroupWrite(time.time_ns() // 1000), pending=pending, epoch=self._epoch, seq=self._group_seq)
+        group = _Group(GroupWrite(self.clock.now_us()), pending=pending, epoch=self._epoch, seq=self._group_seq)
         try:
             await self._preload(pending, group)
         except BaseException as error:
@@ -392,6 +421,8 @@ class Engine:
             self._inflight_records[key] = (group.seq, group.idempotency[key])
         for payment in (*group.write.new_payments, *group.write.changed_payments.values()):
             self._inflight_payments[payment.payment_id] = (group.seq, payment)
+        for escrow in group.write.escrows.values():
+            self._inflight_escrows[escrow.escrow_id] = (group.seq, escrow)
         task = asyncio.create_task(self._commit(group))
         self._commits.append(task)
 
@@ -428,6 +459,8 @@ class Engine:
                 self.queues[payment.token].push(
                     payment.payment_id, payment.priority, payment.create_time_us / 1e6, payment.amount, token.decimals
                 )
+        if group.new_deadlines:
+            self.deadlines.add(group.new_deadlines)
         self._answer(group)
 
     def _write(self, write: GroupWrite, epoch: int, connection: Connection) -> None:
@@ -461,6 +494,9 @@ class Engine:
         for payment in (*group.write.new_payments, *group.write.changed_payments.values()):
             if self._inflight_payments.get(payment.payment_id, (0,))[0] == group.seq:
                 del self._inflight_payments[payment.payment_id]
+        for escrow_id in group.write.escrows:
+            if self._inflight_escrows.get(escrow_id, (0,))[0] == group.seq:
+                del self._inflight_escrows[escrow_id]
 
     def _answer(self, group: _Group) -> None:
         for index, item in enumerate(group.pending):
@@ -480,6 +516,7 @@ class Engine:
         the payments they name, and balances not cached yet. One hand-off to the writer's thread."""
         idempotency_keys: list[tuple[str, str]] = []
         payment_ids: set[str] = set()
+        escrow_ids: set[str] = set()
         account_keys: set[AccountKey] = set()
         queued_of: set[AccountKey] = set()
         for item in pending:
@@ -508,11 +545,25 @@ class Engine:
                 payment_ids.update(command.batch.payment_ids)
             elif isinstance(command, (CancelPayment, CompletePayment, FailPayment)):
                 payment_ids.add(command.payment_id)
+            elif isinstance(command, CreateEscrow):
+                account_keys.add((command.payer, command.token.symbol))
+                if command.request_id:
+                    idempotency_keys.append((_escrow_scope(command.payer), command.request_id))
+            elif isinstance(command, ExpireEscrow):
+                escrow_ids.add(command.escrow_id)
+            elif isinstance(command, (ReleaseEscrow, RefundEscrow, DisputeEscrow, ResolveDispute, AttestTaskResult)):
+                escrow_ids.add(command.escrow_id)
+                if command.request_id:
+                    idempotency_keys.append((_escrow_step_scope(command.escrow_id), command.request_id))
         missing = {key for key in account_keys if key not in self._balances}
         # What groups still committing made is not in the database yet: take it from them. (Taken before the
         # read: whatever leaves this overlay meanwhile has committed, and the read sees it.)
         records = {k: self._inflight_records[k][1] for k in idempotency_keys if k in self._inflight_records}
         inflight = {payment_id: payment for payment_id, (_, payment) in self._inflight_payments.items()}
+        inflight_escrows = {escrow_id: escrow for escrow_id, (_, escrow) in self._inflight_escrows.items()}
+        # Replays of CreateEscrow name their escrow only in the record.
+        escrow_ids.update(i for i in (_escrow_id(r.resource) for r in records.values()) if i is not None)
+        escrows = {i: inflight_escrows[i] for i in escrow_ids if i in inflight_escrows}
         to_read = [k for k in idempotency_keys if k not in records]
         payments = {i: inflight[i] for i in payment_ids if i in inflight}
         # A copy: this group's changes must not reach the committed state unless it commits.
@@ -526,17 +577,25 @@ class Engine:
             for pid in (_settled_item_id(r.resource) for r in records.values())
             if pid is not None and pid in inflight
         )
-        if to_read or payment_ids - payments.keys() or missing or queued_of:
+        if to_read or payment_ids - payments.keys() or missing or queued_of or escrow_ids - escrows.keys():
             read = functools.partial(
-                _load, to_read, payment_ids - payments.keys(), missing, set(payments), queued_of=queued_of
+                _load,
+                to_read,
+                payment_ids - payments.keys(),
+                missing,
+                set(payments),
+                queued_of=queued_of,
+                escrow_ids=escrow_ids - escrows.keys(),
+                known_escrows=set(escrows),
             )
-            loaded_records, loaded_payments, balances = await self._reader.run(read)
+            loaded_records, loaded_payments, balances, loaded_escrows = await self._reader.run(read)
             records.update(loaded_records)
             # A payment an in-flight group changed is newer in memory than in the database.
             payments.update({pid: inflight.get(pid, payment) for pid, payment in loaded_payments.items()})
+            escrows.update({eid: inflight_escrows.get(eid, escrow) for eid, escrow in loaded_escrows.items()})
             for key, balance in balances.items():
                 self._balances.setdefault(key, balance)
-        group.idempotency, group.payments = records, payments
+        group.idempotency, group.payments, group.escrows = records, payments, escrows
 
     def processing(self, payment_ids: Sequence[str]) -> list[Payment] | None:
         """Copies of these committed PROCESSING payments, in order, if the engine holds them all."""
@@ -600,7 +659,13 @@ class Engine:
             return command.batch
         if isinstance(command, SettleBatch):
             return self._settle_batch(command, group)
-        return self._fail_batch(command, group)
+        if isinstance(command, FailBatch):
+            return self._fail_batch(command, group)
+        if isinstance(command, CreateEscrow):
+            return self._create_escrow(command, group)
+        if isinstance(command, ExpireEscrow):
+            return self._expire_escrow(command, group)
+        return self._escrow_step(command, group)
 
     # -- the commands -------------------------------------------------------------------------------
 
@@ -633,7 +698,7 @@ class Engine:
         balance.available -= debit
         balance.reserved += debit
         payment = Payment(
-            payment_id=f"{now_us:014x}{secrets.token_hex(4)}",
+            payment_id=_new_id(now_us),
             payer=command.payer,
             payee=command.payee,
             token=symbol,
@@ -696,7 +761,7 @@ class Engine:
         balance.available -= command.amount
         balance.reserved += command.amount
         withdrawal = Payment(
-            payment_id=f"{now_us:014x}{secrets.token_hex(4)}",
+            payment_id=_new_id(now_us),
             payer=command.address,
             payee=command.destination,
             token=symbol,
@@ -773,6 +838,8 @@ class Engine:
             )
         if payment.status is not PaymentStatus.QUEUED or not self._in_queue(group, payment):
             raise _not_open(payment, "only a queued payment can be cancelled")
+        if payment.escrow_id is not None:
+            raise _not_open(payment, f"it releases escrows/{payment.escrow_id}, whose money is the payee's now")
         self._release(group, payment, PaymentStatus.CANCELLED, command.reason, "cancelled")
         return payment
 
@@ -904,6 +971,267 @@ class Engine:
             debit, credit = (CHAIN, Bucket.AVAILABLE), (command.recipient, Bucket.AVAILABLE)
         write.transfer(TransferKind.FEE, symbol, debit, credit, command.amount, reference)
         _remember(group, key, "", reference)
+
+    # -- escrows --------------------------------------------------------------------------------------
+
+    def _create_escrow(self, command: CreateEscrow, group: _Group) -> Escrow:
+        write = group.write
+        now_us = write.time_us
+        key = (_escrow_scope(command.payer), command.request_id)
+        request_hash = command.request_hash() if command.request_id else ""
+        if command.request_id:
+            record = group.idempotency.get(key)
+            if record is not None:
+                _require_same_request(record, key, request_hash, "escrow")
+                escrow_id = _escrow_id(record.resource)
+                assert escrow_id is not None, record.resource
+                return group.escrows[escrow_id].snapshot()
+        expire_time_us = command.expire_time_us
+        if expire_time_us is None:
+            expire_time_us = now_us + round(self.config.escrow_default_expiry.total_seconds() * 1_000_000)
+        elif expire_time_us <= now_us:
+            raise ApiError(
+                Reason.INVALID_FIELD,
+                "expire_time: must be in the future",
+                field_violations=[FieldViolation("expire_time", "must be in the future")],
+            )
+        token = command.token
+        symbol = token.symbol
+        fee = self.quote(command.payer, token, command.amount, 1, group.queued[symbol])
+        debit = command.amount + fee.total
+        current = self._balances.get((command.payer, symbol))
+        available = current.available if current is not None else 0
+        if available < debit:
+            raise ApiError(
+                Reason.INSUFFICIENT_BALANCE,
+                f"{command.payer} has {available} {symbol} base units available; the escrow needs {debit} "
+                f"(amount {command.amount} + fee {fee.total})",
+                metadata={"available": str(available), "required": str(debit), "fee": str(fee.total)},
+            )
+        balance = self._balance(group, command.payer, symbol)
+        balance.available -= debit
+        balance.escrowed += debit
+        escrow = Escrow(
+            escrow_id=_new_id(now_us),
+            task_id=command.task_id,
+            payer=command.payer,
+            payee=command.payee,
+            token=symbol,
+            amount=command.amount,
+            fee=fee,
+            release_condition=command.release_condition,
+            arbiter=command.arbiter,
+            verifier=command.verifier,
+            expiry_action=command.expiry_action,
+            expire_time_us=expire_time_us,
+            priority=command.priority,
+            metadata=dict(command.metadata),
+            request_id=command.request_id,
+            create_time_us=now_us,
+            update_time_us=now_us,
+        )
+        write.transfer(
+            TransferKind.ESCROW_HOLD,
+            symbol,
+            (command.payer, Bucket.AVAILABLE),
+            (command.payer, Bucket.ESCROWED),
+            debit,
+            escrow.name,
+        )
+        group.escrows[escrow.escrow_id] = escrow
+        self._escrow_event(group, escrow, "created")
+        group.new_deadlines.append((escrow.expire_time_us, escrow.escrow_id))
+        if command.request_id:
+            _remember(group, key, request_hash, escrow.name)
+        return escrow.snapshot()
+
+    def _escrow_step(self, command: EscrowStep, group: _Group) -> EscrowOutcome:
+        """A caller's step on an escrow: found, allowed, replayed or applied, in that order."""
+        escrow = group.escrows.get(command.escrow_id)
+        name = f"escrows/{command.escrow_id}"
+        if escrow is None or not command.actor.sees(escrow.parties):
+            raise rules.escrow_not_found(name)
+        now_us = group.write.time_us
+        if isinstance(command, ReleaseEscrow):
+            rules.check_release(escrow, command.actor)
+        elif isinstance(command, RefundEscrow):
+            rules.check_refund(escrow, command.actor)
+        elif isinstance(command, ResolveDispute):
+            rules.check_resolve(escrow, command.actor)
+        key = (_escrow_step_scope(escrow.escrow_id), command.request_id)
+        request_hash = command.request_hash() if command.request_id else ""
+        if command.request_id:
+            record = group.idempotency.get(key)
+            if record is not None:
+                _require_same_request(record, key, request_hash, "step on this escrow")
+                payment_id = _settled_item_id(record.resource)
+                return EscrowOutcome(escrow.snapshot(), group.payments[payment_id] if payment_id else None)
+        payment: Payment | None = None
+        if isinstance(command, ReleaseEscrow):
+            rules.require_active(escrow, now_us, "released")
+            amount = escrow.held if command.amount is None else command.amount
+            if amount > escrow.held:
+                raise ApiError(
+                    Reason.INVALID_FIELD,
+                    f"amount: {amount} is more than the {escrow.held} base units {escrow.name} holds",
+                    field_violations=[FieldViolation("amount", f"must be at most what is held ({escrow.held})")],
+                    metadata={"held_amount": str(escrow.held)},
+                )
+            self._require_queue_room(group, escrow.token, "payments")
+            payment = self._release_part(group, escrow, amount)
+            if escrow.held == 0:
+                escrow.status = EscrowStatus.RELEASED
+            self._escrow_event(group, escrow, "released")
+        elif isinstance(command, AttestTaskResult):
+            rules.require_active(escrow, now_us, "released")
+            rules.check_attestation(escrow, command.signer)
+            self._require_queue_room(group, escrow.token, "payments")
+            escrow.result_hash = command.result_hash
+            payment = self._release_part(group, escrow, escrow.held)
+            escrow.status = EscrowStatus.RELEASED
+            self._escrow_event(group, escrow, "released")
+        elif isinstance(command, RefundEscrow):
+            rules.require_active(escrow, now_us, "refunded")
+            self._refund_rest(group, escrow)
+            escrow.status = EscrowStatus.REFUNDED
+            self._escrow_event(group, escrow, "refunded")
+        elif isinstance(command, DisputeEscrow):
+            raised_by = rules.dispute_party(escrow, command.actor, command.raised_by)
+            rules.require_active(escrow, now_us, "disputed")
+            escrow.dispute = Dispute(raised_by=raised_by, reason=command.reason, create_time_us=now_us)
+            escrow.status = EscrowStatus.DISPUTED
+            self._escrow_event(group, escrow, "disputed")
+        else:
+            payment = self._resolve_dispute(command, group, escrow)
+        if command.request_id:
+            _remember(group, key, request_hash, payment.name if payment is not None else escrow.name)
+        return EscrowOutcome(escrow.snapshot(), payment)
+
+    def _resolve_dispute(self, command: ResolveDispute, group: _Group, escrow: Escrow) -> Payment | None:
+        if escrow.status is not EscrowStatus.DISPUTED or escrow.dispute is None:
+            raise rules.not_active(escrow, "only a disputed escrow can be resolved")
+        if command.payee_amount + command.payer_amount != escrow.held:
+            description = f"payee_amount + payer_amount must equal what is held ({escrow.held})"
+            raise ApiError(
+                Reason.INVALID_FIELD,
+                f"payee_amount, payer_amount: {description}",
+                field_violations=[
+                    FieldViolation("payee_amount", description),
+                    FieldViolation("payer_amount", description),
+                ],
+                metadata={"held_amount": str(escrow.held)},
+            )
+        payment = self._release_part(group, escrow, command.payee_amount) if command.payee_amount else None
+        self._refund_rest(group, escrow)
+        dispute = escrow.dispute
+        dispute.payee_amount, dispute.payer_amount = command.payee_amount, command.payer_amount
+        dispute.resolution_note = command.note
+        dispute.resolve_time_us = group.write.time_us
+        escrow.status = EscrowStatus.RESOLVED
+        self._escrow_event(group, escrow, "resolved")
+        return payment
+
+    def _expire_escrow(self, command: ExpireEscrow, group: _Group) -> EscrowOutcome | None:
+        """Run an escrow's expiry action, if it is still active and due; otherwise nothing."""
+        escrow = group.escrows.get(command.escrow_id)
+        if escrow is None or escrow.status is not EscrowStatus.ACTIVE or group.write.time_us < escrow.expire_time_us:
+            return None
+        escrow.expired = True
+        self._escrow_event(group, escrow, "expired")
+        payment = None
+        if escrow.expiry_action is ExpiryAction.RELEASE_TO_PAYEE:
+            # No queue-size check: the money is already held and its release is owed, not a new request.
+            payment = self._release_part(group, escrow, escrow.held) if escrow.held else None
+            escrow.status = EscrowStatus.RELEASED
+            self._escrow_event(group, escrow, "released")
+        else:
+            self._refund_rest(group, escrow)
+            escrow.status = EscrowStatus.REFUNDED
+            self._escrow_event(group, escrow, "refunded")
+        return EscrowOutcome(escrow.snapshot(), payment)
+
+    def _release_part(self, group: _Group, escrow: Escrow, amount: int) -> Payment:
+        """Turn ``amount`` of what the escrow holds, with its share of the fee, into a queued settlement
+        payment from the payer to the payee: escrowed money becomes reserved, as an accepted payment's is."""
+        write = group.write
+        now_us = write.time_us
+        symbol = escrow.token
+        fee = fee_share(
+            self.config.fee_schedule, escrow.fee, before=escrow.released_amount, part=amount, whole=escrow.amount
+        )
+        debit = amount + fee.total
+        balance = self._balance(group, escrow.payer, symbol)
+        balance.escrowed -= debit
+        balance.reserved += debit
+        payment = Payment(
+            payment_id=_new_id(now_us),
+            payer=escrow.payer,
+            payee=escrow.payee,
+            token=symbol,
+            amount=amount,
+            fee=fee,
+            priority=escrow.priority,
+            status=PaymentStatus.QUEUED,
+            task_id=escrow.task_id,
+            memo="",
+            metadata={},
+            request_id="",
+            create_time_us=now_us,
+            update_time_us=now_us,
+            escrow_id=escrow.escrow_id,
+        )
+        write.new_payments.append(payment)
+        write.transfer(
+            TransferKind.ESCROW_RELEASE,
+            symbol,
+            (escrow.payer, Bucket.ESCROWED),
+            (escrow.payer, Bucket.RESERVED),
+            debit,
+            escrow.name,
+        )
+        payload = payment_bytes(payment)
+        addresses = (payment.payer, payment.payee)
+        write.event("payment.created", payment.name, addresses, payment.task_id, payload)
+        write.event("payment.queued", payment.name, addresses, payment.task_id, payload)
+        self._add_volume(group, escrow.payer, symbol, day_of(now_us), amount)
+        group.payments[payment.payment_id] = payment
+        group.queued[symbol] += 1
+        group.pushes.append(payment)
+        group.pushed_ids.add(payment.payment_id)
+        escrow.released_amount += amount
+        escrow.fee_charged += fee.total
+        escrow.release_payments.append(payment.payment_id)
+        return payment
+
+    def _refund_rest(self, group: _Group, escrow: Escrow) -> None:
+        """Give what the escrow still holds, and the fee held for it, back to the payer's available balance."""
+        amount, fee = escrow.held, escrow.held_fee
+        if amount + fee:
+            balance = self._balance(group, escrow.payer, escrow.token)
+            balance.escrowed -= amount + fee
+            balance.available += amount + fee
+            group.write.transfer(
+                TransferKind.ESCROW_REFUND,
+                escrow.token,
+                (escrow.payer, Bucket.ESCROWED),
+                (escrow.payer, Bucket.AVAILABLE),
+                amount + fee,
+                escrow.name,
+            )
+        escrow.refunded_amount += amount
+
+    def _escrow_event(self, group: _Group, escrow: Escrow, event: str) -> None:
+        """Record ``escrow.{event}`` with the escrow as it is now, and stage its row."""
+        write = group.write
+        escrow.update_time_us = write.time_us
+        write.escrows[escrow.escrow_id] = escrow
+        write.event(
+            f"escrow.{event}",
+            escrow.name,
+            escrow.parties,
+            escrow.task_id,
+            escrow_message(escrow).SerializeToString(),
+        )
 
     # -- batches --------------------------------------------------------------------------------------
 
@@ -1054,9 +1382,11 @@ def _load(
     known_payments: set[str],
     connection: Connection,
     queued_of: Collection[AccountKey] = (),
-) -> tuple[dict[tuple[str, str], IdempotencyRecord], dict[str, Payment], dict[AccountKey, Balance]]:
-    """On the reader's thread: the records, payments and balances a group needs; with ``queued_of``, also
-    every queued item of those (payer, token) accounts."""
+    escrow_ids: Collection[str] = (),
+    known_escrows: Collection[str] = (),
+) -> tuple[dict[tuple[str, str], IdempotencyRecord], dict[str, Payment], dict[AccountKey, Balance], dict[str, Escrow]]:
+    """On the reader's thread: the records, payments, escrows and balances a group needs; with
+    ``queued_of``, also every queued item of those (payer, token) accounts."""
     records = load_idempotency(connection, idempotency_keys)
     replayed = {pid for r in records.values() if (pid := _settled_item_id(r.resource)) is not None}
     for payer, token in queued_of:
@@ -1064,11 +1394,14 @@ def _load(
         query = sa.select(c.payment_id).where(c.payer == payer, c.token == token, c.status == int(PaymentStatus.QUEUED))
         replayed.update(payment_id for (payment_id,) in connection.execute(query))
     found = load_payments(connection, (payment_ids | replayed) - known_payments)
-    # The payers of named payments may not be cached yet: load them too (the caller keeps cached ones).
-    keys = account_keys | {(p.payer, p.token) for p in found.values()}
+    named = {i for r in records.values() if (i := _escrow_id(r.resource)) is not None}
+    escrows = load_escrows(connection, (set(escrow_ids) | named) - set(known_escrows))
+    # The payers of named payments and escrows may not be cached yet: load them too (the caller keeps
+    # cached ones).
+    keys = account_keys | {(p.payer, p.token) for p in found.values()} | {(e.payer, e.token) for e in escrows.values()}
     balances = load_accounts(connection, keys)
     connection.rollback()  # end the read transaction: the next read sees newer commits
-    return records, found, balances
+    return records, found, balances, escrows
 
 
 def _not_open(payment: Payment, why: str) -> ApiError:
@@ -1091,18 +1424,23 @@ def _checkpoint(connection: Connection) -> None:
     connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
 
-def _replayed(group: _Group, key: tuple[str, str], request_hash: str, what: str) -> Payment | None:
-    """What the request id ``key`` made already (a payment or a withdrawal), or None if it is new;
-    IDEMPOTENCY_CONFLICT when it was used for a different request."""
-    record = group.idempotency.get(key)
-    if record is None:
-        return None
+def _require_same_request(record: IdempotencyRecord, key: tuple[str, str], request_hash: str, what: str) -> None:
+    """IDEMPOTENCY_CONFLICT unless the request id's record was made by this same request."""
     if record.request_hash != request_hash:
         raise ApiError(
             Reason.IDEMPOTENCY_CONFLICT,
             f"request_id {key[1]!r} was already used for a different {what}",
             metadata={"request_id": key[1], "resource": record.resource},
         )
+
+
+def _replayed(group: _Group, key: tuple[str, str], request_hash: str, what: str) -> Payment | None:
+    """What the request id ``key`` made already (a payment or a withdrawal), or None if it is new;
+    IDEMPOTENCY_CONFLICT when it was used for a different request."""
+    record = group.idempotency.get(key)
+    if record is None:
+        return None
+    _require_same_request(record, key, request_hash, what)
     payment_id = _settled_item_id(record.resource)
     assert payment_id is not None, record.resource
     return group.payments[payment_id]
@@ -1125,6 +1463,11 @@ def _remember(group: _Group, key: tuple[str, str], request_hash: str, resource: 
     )
 
 
+def _new_id(now_us: int) -> str:
+    """A new payment or escrow id: time-ordered (its first 14 hex digits are the time), then random."""
+    return f"{now_us:014x}{secrets.token_hex(4)}"
+
+
 def _payload(payment: Payment) -> bytes:
     """The event payload of a payment or a withdrawal: the resource as the API shows it."""
     if payment.kind is PaymentKind.WITHDRAWAL:
@@ -1138,6 +1481,20 @@ def _settled_item_id(resource: str) -> str | None:
         if resource.startswith(prefix):
             return resource[len(prefix) :]
     return None
+
+
+def _escrow_id(resource: str) -> str | None:
+    return resource[len("escrows/") :] if resource.startswith("escrows/") else None
+
+
+def _escrow_scope(payer: str) -> str:
+    # CreateEscrow's request ids are the payer's own, as for payments.
+    return f"escrow-create:{payer}"
+
+
+def _escrow_step_scope(escrow_id: str) -> str:
+    # The steps taken on one escrow share its request ids: the same id for a release and a refund conflicts.
+    return f"escrow:{escrow_id}"
 
 
 def _withdrawal_scope(address: str) -> str:

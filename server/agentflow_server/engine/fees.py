@@ -278,3 +278,41 @@ def compute_fee(
         volume_discount_bps=volume_discount_bps,
         batch_discount_bps=batch_discount_bps,
     )
+
+
+def fee_share(schedule: FeeSchedule, fee: Fee, *, before: int, part: int, whole: int) -> Fee:
+    """The part of ``fee`` (fixed for ``whole`` base units) that pays for ``part`` units after ``before``.
+
+    Escrows are priced once for their whole amount and released in parts. Each part's share is the
+    difference of two floors of the running total, ``fee * (before + part) // whole - fee * before //
+    whole``, so the shares of parts that add up to the whole add up to the fee exactly, whatever the
+    order or size of the parts. The share is split 40/30/20/10 as any fee is; rates and adjustments are
+    those of the original quote.
+    """
+    for name, value in (("before", before), ("part", part), ("whole", whole)):
+        _require_int(name, value)
+    if whole <= 0 or part < 0 or before < 0 or before + part > whole:
+        raise ValueError(
+            f"a share needs 0 <= before, 0 <= part and before + part <= whole > 0, not {before, part, whole}"
+        )
+
+    def cut(value: int) -> int:
+        return value * (before + part) // whole - value * before // whole
+
+    total = cut(fee.total)
+    platform_bps, network_bps, agent_bps, _ = schedule.split_bps
+    platform = total * platform_bps // BPS
+    network = total * network_bps // BPS
+    agent = total * agent_bps // BPS
+    return Fee(
+        total=total,
+        platform=platform,
+        network=network,
+        agent=agent,
+        staking=total - platform - network - agent,
+        base=cut(fee.base),
+        rate_bps=fee.rate_bps,
+        congestion_adjustment_bps=fee.congestion_adjustment_bps,
+        volume_discount_bps=fee.volume_discount_bps,
+        batch_discount_bps=fee.batch_discount_bps,
+    )

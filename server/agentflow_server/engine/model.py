@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass, field
 
@@ -196,3 +197,118 @@ class Batch:
     def name(self) -> str:
         """The resource name, ``batches/{batch_id}``."""
         return f"batches/{self.batch_id}"
+
+
+class EscrowStatus(enum.IntEnum):
+    """Where an escrow is in its life (the API's EscrowStatus)."""
+
+    ACTIVE = 1
+    DISPUTED = 2
+    RELEASED = 3
+    REFUNDED = 4
+    RESOLVED = 5
+
+    @property
+    def final(self) -> bool:
+        """Whether nothing more can happen to an escrow in this status."""
+        return self not in (EscrowStatus.ACTIVE, EscrowStatus.DISPUTED)
+
+
+class ReleaseCondition(enum.IntEnum):
+    """What releases an escrow (the API's ReleaseCondition)."""
+
+    PAYER_APPROVAL = 1
+    VERIFIER_ATTESTATION = 2
+    ARBITER = 3
+
+
+class ExpiryAction(enum.IntEnum):
+    """What happens to an escrow still active at its deadline (the API's ExpiryAction)."""
+
+    REFUND_PAYER = 1
+    RELEASE_TO_PAYEE = 2
+
+
+@dataclass(slots=True)
+class Dispute:
+    """A dispute raised on an escrow, and its resolution once the arbiter gives one."""
+
+    raised_by: str
+    reason: str
+    create_time_us: int
+    payee_amount: int | None = None
+    payer_amount: int | None = None
+    resolution_note: str = ""
+    resolve_time_us: int | None = None
+
+
+@dataclass(slots=True)
+class Escrow:
+    """Funds held for a task: ``amount`` and its ``fee`` moved from the payer's available balance to its
+    escrowed one, until released to the payee (in parts, each a settlement payment), refunded, expired
+    or split by an arbiter.
+
+    ``fee_charged`` is the part of the fee already carried by release payments: each release carries the
+    fee of what it releases, and whatever is refunded takes its own fee back with it.
+    """
+
+    escrow_id: str
+    task_id: str
+    payer: str
+    payee: str
+    token: str
+    amount: int
+    fee: Fee
+    release_condition: ReleaseCondition
+    arbiter: str | None
+    verifier: str | None
+    expiry_action: ExpiryAction
+    expire_time_us: int
+    priority: Priority
+    metadata: dict[str, str]
+    request_id: str
+    create_time_us: int
+    update_time_us: int
+    status: EscrowStatus = EscrowStatus.ACTIVE
+    expired: bool = False
+    released_amount: int = 0
+    refunded_amount: int = 0
+    fee_charged: int = 0
+    dispute: Dispute | None = None
+    release_payments: list[str] = field(default_factory=list)
+    result_hash: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The resource name, ``escrows/{escrow_id}``."""
+        return f"escrows/{self.escrow_id}"
+
+    @property
+    def held(self) -> int:
+        """What is still held of the amount (its remaining fee is held beside it)."""
+        return self.amount - self.released_amount - self.refunded_amount
+
+    @property
+    def held_fee(self) -> int:
+        """The part of the fee still held."""
+        return self.fee.total - self.fee_charged
+
+    @property
+    def parties(self) -> tuple[str, ...]:
+        """Every address the escrow names: payer, payee, and the arbiter and verifier where named."""
+        return tuple(a for a in (self.payer, self.payee, self.arbiter, self.verifier) if a is not None)
+
+    def snapshot(self) -> Escrow:
+        """A copy that later changes to this escrow do not reach."""
+        copy = dataclasses.replace(self, release_payments=list(self.release_payments), metadata=dict(self.metadata))
+        if self.dispute is not None:
+            copy.dispute = dataclasses.replace(self.dispute)
+        return copy
+
+
+@dataclass(frozen=True, slots=True)
+class EscrowOutcome:
+    """What an escrow command did: the escrow after it, and the settlement payment it created, if any."""
+
+    escrow: Escrow
+    payment: Payment | None = None

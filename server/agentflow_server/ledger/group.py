@@ -14,9 +14,20 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from ..engine.model import Balance, Batch, Payment
+from ..engine.model import Balance, Batch, Escrow, Payment
+from .escrows import escrow_row
 from .payments import payment_row, payment_state_row
-from .schema import accounts, batches, chain_state, events, idempotency, payments, transfers, volume_daily
+from .schema import (
+    accounts,
+    batches,
+    chain_state,
+    escrows,
+    events,
+    idempotency,
+    payments,
+    transfers,
+    volume_daily,
+)
 from .types import Amount
 
 AccountKey = tuple[str, str]
@@ -41,6 +52,8 @@ class GroupWrite:
     transfers: list[dict[str, Any]] = field(default_factory=list)
     new_payments: list[Payment] = field(default_factory=list)
     changed_payments: dict[str, Payment] = field(default_factory=dict)
+    # Escrows made or changed, as they are at the end of the group.
+    escrows: dict[str, Escrow] = field(default_factory=dict)
     idempotency: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     volumes: dict[tuple[str, str, int], int] = field(default_factory=dict)
@@ -51,6 +64,7 @@ class GroupWrite:
     payment_rows: list[dict[str, Any]] = field(default_factory=list)
     changed_rows: list[dict[str, Any]] = field(default_factory=list)
     account_rows: list[dict[str, Any]] = field(default_factory=list)
+    escrow_rows: list[dict[str, Any]] = field(default_factory=list)
 
     def seal(self) -> None:
         """Freeze the group's payments and balances into rows.
@@ -62,6 +76,7 @@ class GroupWrite:
         # A payment made and changed in the same group is inserted as it ends.
         new = {p.payment_id for p in self.new_payments}
         self.changed_rows = [payment_state_row(p) for p in self.changed_payments.values() if p.payment_id not in new]
+        self.escrow_rows = [escrow_row(e) for e in self.escrows.values()]
         self.account_rows = [
             {
                 "address": address,
@@ -189,6 +204,7 @@ def load_idempotency(
 # The tables a group inserts into, and the keys of those it upserts.
 _INSERTS: dict[str, tuple[sa.Table, tuple[str, ...] | None]] = {
     "payments": (payments, None),
+    "escrows": (escrows, ("escrow_id",)),
     "accounts": (accounts, ("address", "token")),
     "transfers": (transfers, None),
     "idempotency": (idempotency, None),
@@ -303,6 +319,7 @@ def write_group(connection: Connection, group: GroupWrite) -> None:
     for name, rows in (
         ("payments", group.payment_rows),
         ("payments_changed", group.changed_rows),
+        ("escrows", group.escrow_rows),
         ("accounts", group.account_rows),
         ("transfers", group.transfers),
         ("idempotency", group.idempotency),

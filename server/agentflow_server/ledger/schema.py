@@ -168,3 +168,52 @@ volume_daily = Table(
     Column("amount", Amount, nullable=False),
 )
 """Accepted payment volume per payer, token and day: the trailing 30 days set the volume discount."""
+
+escrows = Table(
+    "escrows",
+    metadata,
+    # Time-ordered ids, like payments.
+    Column("escrow_id", String(32), primary_key=True),
+    Column("task_id", String(128), nullable=False),
+    Column("payer", String(42), nullable=False),
+    Column("payee", String(42), nullable=False),
+    Column("token", String(16), nullable=False),
+    Column("amount", Amount, nullable=False),
+    Column("fee_total", Amount, nullable=False),
+    Column("fee_platform", Amount, nullable=False),
+    Column("fee_network", Amount, nullable=False),
+    Column("fee_agent", Amount, nullable=False),
+    Column("fee_staking", Amount, nullable=False),
+    Column("fee_base", Amount, nullable=False),
+    Column("fee_rate_bps", Integer, nullable=False),
+    Column("fee_congestion_bps", Integer, nullable=False),
+    Column("fee_volume_bps", Integer, nullable=False),
+    Column("fee_batch_bps", Integer, nullable=False),
+    Column("release_condition", SmallInteger, nullable=False),
+    Column("arbiter", String(42), nullable=True),
+    Column("verifier", String(42), nullable=True),
+    Column("expiry_action", SmallInteger, nullable=False),
+    Column("expire_time_us", BigInteger, nullable=False),
+    Column("priority", SmallInteger, nullable=False),
+    Column("metadata", Text, nullable=False),
+    Column("request_id", String(64), nullable=False),
+    Column("create_time_us", BigInteger, nullable=False),
+    Column("update_time_us", BigInteger, nullable=False),
+    Column("status", SmallInteger, nullable=False),
+    Column("expired", SmallInteger, nullable=False),
+    Column("released_amount", Amount, nullable=False),
+    Column("refunded_amount", Amount, nullable=False),
+    # The part of the fee carried by release payments so far.
+    Column("fee_charged", Amount, nullable=False),
+    # JSON list of the ids of the payments its releases created.
+    Column("release_payments", Text, nullable=False),
+    Column("result_hash", String(66), nullable=True),
+    Column("dispute_raised_by", String(42), nullable=True),
+    Column("dispute_reason", String(512), nullable=True),
+    Column("dispute_time_us", BigInteger, nullable=True),
+    Column("dispute_payee_amount", Amount, nullable=True),
+    Column("dispute_payer_amount", Amount, nullable=True),
+    Column("resolution_note", String(512), nullable=True),
+    Column("resolve_time_us", BigInteger, nullable=True),
+)
+"""Task escrows. The money they hold is the payer's ``escrowed`` balance; the journal has every move."""

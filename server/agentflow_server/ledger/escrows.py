@@ -1,0 +1,181 @@
+"""Escrows in the database: the row form of :class:`~agentflow_server.engine.model.Escrow`, and reads."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ..engine.fees import Fee
+from ..engine.model import Dispute, Escrow, EscrowStatus, ExpiryAction, Priority, ReleaseCondition
+from .database import Database
+from .schema import escrows
+
+
+def escrow_row(escrow: Escrow) -> dict[str, Any]:
+    """The row of an escrow (written whole: escrows change a handful of times in their life)."""
+    fee = escrow.fee
+    dispute = escrow.dispute
+    return {
+        "escrow_id": escrow.escrow_id,
+        "task_id": escrow.task_id,
+        "payer": escrow.payer,
+        "payee": escrow.payee,
+        "token": escrow.token,
+        "amount": escrow.amount,
+        "fee_total": fee.total,
+        "fee_platform": fee.platform,
+        "fee_network": fee.network,
+        "fee_agent": fee.agent,
+        "fee_staking": fee.staking,
+        "fee_base": fee.base,
+        "fee_rate_bps": fee.rate_bps,
+        "fee_congestion_bps": fee.congestion_adjustment_bps,
+        "fee_volume_bps": fee.volume_discount_bps,
+        "fee_batch_bps": fee.batch_discount_bps,
+        "release_condition": int(escrow.release_condition),
+        "arbiter": escrow.arbiter,
+        "verifier": escrow.verifier,
+        "expiry_action": int(escrow.expiry_action),
+        "expire_time_us": escrow.expire_time_us,
+        "priority": int(escrow.priority),
+        "metadata": json.dumps(escrow.metadata, separators=(",", ":")),
+        "request_id": escrow.request_id,
+        "create_time_us": escrow.create_time_us,
+        "update_time_us": escrow.update_time_us,
+        "status": int(escrow.status),
+        "expired": int(escrow.expired),
+        "released_amount": escrow.released_amount,
+        "refunded_amount": escrow.refunded_amount,
+        "fee_charged": escrow.fee_charged,
+        "release_payments": json.dumps(escrow.release_payments, separators=(",", ":")),
+        "result_hash": escrow.result_hash,
+        "dispute_raised_by": dispute.raised_by if dispute else None,
+        "dispute_reason": dispute.reason if dispute else None,
+        "dispute_time_us": dispute.create_time_us if dispute else None,
+        "dispute_payee_amount": dispute.payee_amount if dispute else None,
+        "dispute_payer_amount": dispute.payer_amount if dispute else None,
+        "resolution_note": dispute.resolution_note if dispute else None,
+        "resolve_time_us": dispute.resolve_time_us if dispute else None,
+    }
+
+
+def escrow_from_row(row: Mapping[Any, Any]) -> Escrow:
+    """The escrow a row holds."""
+    dispute = None
+    if row["dispute_raised_by"] is not None:
+        dispute = Dispute(
+            raised_by=row["dispute_raised_by"],
+            reason=row["dispute_reason"] or "",
+            create_time_us=row["dispute_time_us"] or 0,
+            payee_amount=row["dispute_payee_amount"],
+            payer_amount=row["dispute_payer_amount"],
+            resolution_note=row["resolution_note"] or "",
+            resolve_time_us=row["resolve_time_us"],
+        )
+    return Escrow(
+        escrow_id=row["escrow_id"],
+        task_id=row["task_id"],
+        payer=row["payer"],
+        payee=row["payee"],
+        token=row["token"],
+        amount=row["amount"],
+        fee=Fee(
+            total=row["fee_total"],
+            platform=row["fee_platform"],
+            network=row["fee_network"],
+            agent=row["fee_agent"],
+            staking=row["fee_staking"],
+            base=row["fee_base"],
+            rate_bps=row["fee_rate_bps"],
+            congestion_adjustment_bps=row["fee_congestion_bps"],
+            volume_discount_bps=row["fee_volume_bps"],
+            batch_discount_bps=row["fee_batch_bps"],
+        ),
+        release_condition=ReleaseCondition(row["release_condition"]),
+        arbiter=row["arbiter"],
+        verifier=row["verifier"],
+        expiry_action=ExpiryAction(row["expiry_action"]),
+        expire_time_us=row["expire_time_us"],
+        priority=Priority(row["priority"]),
+        metadata=json.loads(row["metadata"]),
+        request_id=row["request_id"],
+        create_time_us=row["create_time_us"],
+        update_time_us=row["update_time_us"],
+        status=EscrowStatus(row["status"]),
+        expired=bool(row["expired"]),
+        released_amount=row["released_amount"],
+        refunded_amount=row["refunded_amount"],
+        fee_charged=row["fee_charged"],
+        dispute=dispute,
+        release_payments=json.loads(row["release_payments"]),
+        result_hash=row["result_hash"],
+    )
+
+
+def load_escrows(connection: Connection, escrow_ids: Iterable[str]) -> dict[str, Escrow]:
+    """The escrows with these ids that exist."""
+    ids = list(escrow_ids)
+    if not ids:
+        return {}
+    result = connection.execute(sa.select(escrows).where(escrows.c.escrow_id.in_(ids)))
+    return {row.escrow_id: escrow_from_row(row._mapping) for row in result}
+
+
+def load_deadlines(connection: Connection) -> list[tuple[int, str]]:
+    """(expire_time_us, escrow_id) of every active escrow: what the expiry timer waits for."""
+    c = escrows.c
+    query = sa.select(c.expire_time_us, c.escrow_id).where(c.status == int(EscrowStatus.ACTIVE))
+    return [(row.expire_time_us, row.escrow_id) for row in connection.execute(query)]
+
+
+@dataclass(frozen=True)
+class EscrowFilter:
+    """ListEscrows filters; ``None`` matches everything. ``visible_to`` limits to escrows naming one of
+    those addresses as payer, payee, arbiter or verifier (a key bound to addresses)."""
+
+    payer: str | None = None
+    payee: str | None = None
+    task_id: str | None = None
+    status: EscrowStatus | None = None
+    visible_to: frozenset[str] | None = None
+
+
+class EscrowReader:
+    """Reads escrows for the API (the engine is the only writer)."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    async def get(self, escrow_id: str) -> Escrow | None:
+        """The escrow with this id, if any."""
+        async with self._database.connect() as connection:
+            found = await connection.run_sync(load_escrows, [escrow_id])
+        return found.get(escrow_id)
+
+    async def page(self, where: EscrowFilter, *, limit: int, before: str | None) -> list[Escrow]:
+        """Escrows newest first, ``limit`` of them, older than the escrow id ``before``."""
+        c = escrows.c
+        query = sa.select(escrows)
+        if where.payer is not None:
+            query = query.where(c.payer == where.payer)
+        if where.payee is not None:
+            query = query.where(c.payee == where.payee)
+        if where.task_id is not None:
+            query = query.where(c.task_id == where.task_id)
+        if where.status is not None:
+            query = query.where(c.status == int(where.status))
+        if where.visible_to is not None:
+            visible = list(where.visible_to)
+            query = query.where(
+                sa.or_(c.payer.in_(visible), c.payee.in_(visible), c.arbiter.in_(visible), c.verifier.in_(visible))
+            )
+        if before is not None:
+            query = query.where(c.escrow_id < before)
+        query = query.order_by(c.escrow_id.desc()).limit(limit)
+        async with self._database.connect() as connection:
+            return [escrow_from_row(row._mapping) for row in await connection.execute(query)]
