@@ -8,6 +8,8 @@ and from this process, as the client, measures in one run:
 - SubmitPayments in calls of 100;
 - SubmitPayment latency (p50, p99) at an offered 1,000 payments a second;
 - the server's RSS with at least 100,000 payments in the queue;
+- on a fresh server, 10,000 escrows with deadlines scattered over 10 s (scripts/bench_escrow.py): how late
+  their expiries ran, and SubmitPayment latency meanwhile against the same probe before;
 - on anvil, through a server settling on it (scripts/bench_chain.py): gas per payment in a batch of 200
   ERC-20 payments against one transfer alone, and payments from SubmitPayment to COMPLETED.
 
@@ -38,6 +40,7 @@ from agentflow_payments.v1 import payments_pb2, payments_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_chain import measure_chain
+from bench_escrow import measure_escrow
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNTS = 64
@@ -131,6 +134,13 @@ async def run(quick: bool) -> dict[str, Any]:
         finally:
             process.terminate()
             await process.wait()
+    with tempfile.TemporaryDirectory(prefix="agentflow-bench-escrow-") as data_dir:
+        process, ready = await start_server(data_dir)
+        try:
+            result.update(await measure_escrow(ready, *((2_000, 3.0) if quick else (10_000, 10.0))))
+        finally:
+            process.terminate()
+            await process.wait()
     result.update(await measure_chain(5.0 if quick else 30.0))
     return result
 
@@ -217,6 +227,18 @@ def main() -> None:
             f"server RSS, {result['queued_payments']:,} payments queued",
             f"{result['rss_mb_100k_queued']:.0f} MB",
             "target < 300 MB",
+        ),
+        (
+            f"escrows: {result['escrows']:,} expiring over {result['escrow_deadline_spread_s']:.0f} s, "
+            "late by p50 / p99 / max",
+            f"{result['expiry_late_p50_ms']:.0f} / {result['expiry_late_p99_ms']:.0f} / "
+            f"{result['expiry_late_max_ms']:.0f} ms",
+            f"{result['escrows_expired']:,} expired (target: within 1 s)",
+        ),
+        (
+            "escrows: SubmitPayment p99 at 100/s, idle / during expiries",
+            f"{result['probe_p99_ms_idle']:.1f} / {result['probe_p99_ms_during_expiry']:.1f} ms",
+            "the server stays responsive",
         ),
         ("anvil: one ERC-20 transfer alone", f"{result['gas_per_transfer_single']:,} gas", "baseline"),
         (
