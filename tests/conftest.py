@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -12,6 +13,9 @@ from agentflow_payments import AsyncClient
 from agentflow_payments.v1 import admin_pb2
 from agentflow_server.app import Service
 from agentflow_server.config import Settings
+
+if TYPE_CHECKING:
+    from .chain import Anvil
 
 ADMIN_KEY = "afk_test_admin_0123456789abcdefghijklmnopqrstuv"
 # Addresses from the EIP-55 specification's test vectors.
@@ -113,3 +117,29 @@ def create_key(admin: AsyncClient) -> CreateKey:
         return response
 
     return create
+
+
+@pytest.fixture
+async def embedded(start_server: StartServer) -> RunningServer:
+    """A server settling on the embedded chain."""
+    from .chain import FAST
+
+    return await start_server(settlement_enabled=True, **FAST)
+
+
+@pytest.fixture
+def anvil_node() -> Iterator[Anvil]:
+    """A fresh anvil node, nothing deployed."""
+    from .anvil import anvil
+    from .chain import Anvil
+
+    with anvil() as w3:
+        url = w3.provider.endpoint_uri  # type: ignore[attr-defined]
+        yield Anvil(str(url), int(str(url).rsplit(":", 1)[1]))
+
+
+@pytest.fixture
+async def on_anvil(anvil_node: Anvil) -> Anvil:
+    """An anvil node with the settlement contract and the dev tokens deployed."""
+    await anvil_node.deploy()
+    return anvil_node

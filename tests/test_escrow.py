@@ -27,8 +27,10 @@ from agentflow_payments import (
     attestation_message,
 )
 from agentflow_payments.v1 import accounts_pb2, admin_pb2, common_pb2, escrow_pb2, payments_pb2
+from agentflow_server.chain.deploy import dev_account
 from agentflow_server.clock import Clock
 
+from .chain import Anvil, Chain, assert_ledger_matches_chain, until_final
 from .conftest import ALICE, BOB, CreateKey, RunningServer, StartServer
 from .test_engine import journal_sums, stored_balances
 from .test_payments import CAROL, USDC, Fund, _funder, balance
@@ -647,3 +649,71 @@ async def test_a_release_racing_the_expiry_has_one_winner(server: RunningServer,
         assert int(held.reserved) == released * (USDC + 10_000)
         assert (int(held.available), held.escrowed) == (2_000 * USDC - released * (USDC + 10_000), "0")
     assert_journal_matches_balances(server)
+
+
+# -- on chain -----------------------------------------------------------------------------------------------
+
+
+async def test_on_the_embedded_chain_each_release_reaches_the_payee(embedded: RunningServer) -> None:
+    chain = Chain(embedded)
+    alice = await chain.fund("alice", {"USDC": 500 * USDC})
+    bob = dev_account("bob").address
+    before = await chain.token_balance("USDC", bob)
+    async with embedded.client() as client:
+        by_payer = (await client.escrows.CreateEscrow(create(payer=alice.address, payee=bob))).escrow
+        attested = (
+            await client.escrows.CreateEscrow(
+                create(
+                    payer=alice.address,
+                    payee=bob,
+                    release_condition=escrow_pb2.RELEASE_CONDITION_VERIFIER_ATTESTATION,
+                    verifier=VERIFIER.address,
+                )
+            )
+        ).escrow
+        first = await client.escrows.ReleaseEscrow(
+            escrow_pb2.ReleaseEscrowRequest(name=by_payer.name, amount=str(30 * USDC))
+        )
+        rest = await client.escrows.ReleaseEscrow(escrow_pb2.ReleaseEscrowRequest(name=by_payer.name))
+        result = "0x" + "ab" * 32
+        signed = await client.escrows.SubmitTaskResult(
+            escrow_pb2.SubmitTaskResultRequest(
+                name=attested.name, result_hash=result, signature=sign(VERIFIER, attested.name, result)
+            )
+        )
+        names = [first.payment.name, rest.payment.name, signed.payment.name]
+        settled = await until_final(client, names)
+    assert {p.status for p in settled} == {payments_pb2.PAYMENT_STATUS_COMPLETED}
+    assert await chain.token_balance("USDC", bob) == before + 200 * USDC
+    await assert_ledger_matches_chain(chain)
+
+
+async def test_on_anvil_a_dispute_split_arrives_on_chain_as_split(on_anvil: Anvil, start_server: StartServer) -> None:
+    server = await start_server(**on_anvil.settings())
+    chain = Chain(server)
+    alice = await chain.fund("alice", {"USDC": 200 * USDC})
+    bob = dev_account("bob").address
+    before = await chain.token_balance("USDC", bob)
+    async with server.client() as client:
+        escrow = (await client.escrows.CreateEscrow(create(payer=alice.address, payee=bob, arbiter=CAROL))).escrow
+        request = admin_pb2.CreateApiKeyRequest(
+            display_name="carol", scope=admin_pb2.API_KEY_SCOPE_ARBITER, addresses=[CAROL]
+        )
+        carol_key = (await client.admin.CreateApiKey(request)).secret
+        await client.escrows.DisputeEscrow(
+            escrow_pb2.DisputeEscrowRequest(name=escrow.name, reason="half done", raised_by=alice.address)
+        )
+        async with server.client(carol_key) as carol:
+            resolved = await carol.escrows.ResolveDispute(
+                escrow_pb2.ResolveDisputeRequest(name=escrow.name, payee_amount="64000000", payer_amount="36000000")
+            )
+        [settled] = await until_final(client, [resolved.payment.name])
+        assert settled.status == payments_pb2.PAYMENT_STATUS_COMPLETED
+        held = await balance(client, alice.address)
+    # The payee's part left the contract to the payee; the payer's part (and its share of the fee) is the
+    # payer's to spend again, still deposited in the contract.
+    assert await chain.token_balance("USDC", bob) == before + 64 * USDC
+    fee = int(resolved.payment.fee.total)
+    assert fee == 192_000
+    assert (held.available, held.reserved, held.escrowed) == (str(200 * USDC - 64 * USDC - fee), "0", "0")
+    await assert_ledger_matches_chain(chain)

@@ -11,15 +11,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentflow_payments import (
@@ -46,117 +42,25 @@ from agentflow_server.chain.relayer import Relayer
 from agentflow_server.chain.rpc import Rpc
 from agentflow_server.chain.settlement import new_batch_id
 from agentflow_server.engine.commands import OpenBatch
-from agentflow_server.engine.model import CHAIN, Batch
+from agentflow_server.engine.model import Batch
 
 from .anvil import ANVIL_KEYS, TcpProxy, anvil, free_port
+from .chain import (
+    FAST,
+    Anvil,
+    Chain,
+    assert_ledger_matches_chain,
+    ledger,
+    ledger_matches,
+    pay,
+    payment_status,
+    until_final,
+    wait_for,
+)
 from .conftest import ADMIN_KEY, RunningServer, StartServer
 
 USDC = 10**6
 BOB = dev_account("bob").address
-FAST = {"chain_poll_interval": 0.05, "batch_timeout_ms": 50}
-"""Settings that make a settling test server look at the chain often and close batches quickly."""
-
-
-async def wait_for(check: Callable[[], Awaitable[Any]], what: str, seconds: float = 30.0) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-class Chain:
-    """The running server's chain, as a test drives it."""
-
-    def __init__(self, server: RunningServer) -> None:
-        assert server.service.chain is not None
-        self.server = server
-        self.connection = server.service.chain.connection
-        self.rpc = self.connection.rpc
-        self.contract = self.connection.identity.contract
-        self.tokens = self.connection.token_addresses
-
-    async def fund(self, name: str, deposits: dict[str, int]) -> LocalAccount:
-        """A dev agent with ``deposits`` in the settlement contract, credited by the server's watcher."""
-        agent = dev_account(name)
-        relayer = Relayer(self.rpc, agent, self.connection.identity.chain_id)
-        await fund_dev_agent(self.connection.relayer, relayer, self.contract, self.tokens, deposits)
-        await self.caught_up()
-        return agent
-
-    async def caught_up(self) -> None:
-        """Wait until the deposit watcher has read every block with its confirmations."""
-        watcher = self.server.service.chain.watcher  # type: ignore[union-attr]
-
-        async def done() -> bool:
-            head = await self.rpc.block_number()
-            return watcher.cursor >= head - watcher.confirmations + 1
-
-        await wait_for(done, "the deposit watcher")
-
-    async def held(self, symbol: str) -> int:
-        """What the contract holds of a token (ETH included)."""
-        if symbol == "ETH":
-            return await self.rpc.balance(self.contract)
-        return int(await read(self.rpc, self.tokens[symbol], "balanceOf", self.contract, contract="TestToken"))
-
-    async def token_balance(self, symbol: str, who: str) -> int:
-        if symbol == "ETH":
-            return await self.rpc.balance(who)
-        return int(await read(self.rpc, self.tokens[symbol], "balanceOf", who, contract="TestToken"))
-
-
-def ledger(server: RunningServer) -> sqlite3.Connection:
-    return sqlite3.connect(Path(server.settings.data_dir) / "agentflow.db")
-
-
-async def assert_ledger_matches_chain(chain: Chain) -> None:
-    """Per token, the contract holds exactly what the ledger's accounts hold (settled fees included)."""
-    await chain.caught_up()
-    await ledger_matches(Path(chain.server.settings.data_dir) / "agentflow.db", chain.rpc, chain.contract, chain.tokens)
-
-
-async def ledger_matches(path: Path, rpc: Rpc, contract: str, tokens: dict[str, str]) -> None:
-    with sqlite3.connect(path) as db:
-        rows = db.execute("SELECT address, token, available, reserved, escrowed FROM accounts").fetchall()
-    totals: dict[str, int] = {}
-    for address, token, available, reserved, escrowed in rows:
-        if address != CHAIN:
-            totals[token] = totals.get(token, 0) + int(available) + int(reserved) + int(escrowed)
-    for symbol in ("ETH", *tokens):
-        if symbol == "ETH":
-            held = await rpc.balance(contract)
-        else:
-            held = int(await read(rpc, tokens[symbol], "balanceOf", contract, contract="TestToken"))
-        assert held == totals.get(symbol, 0), symbol
-
-
-async def payment_status(client: AsyncClient, name: str) -> payments_pb2.Payment:
-    return (await client.payments.GetPayment(payments_pb2.GetPaymentRequest(name=name))).payment
-
-
-async def until_final(client: AsyncClient, names: list[str]) -> list[payments_pb2.Payment]:
-    final = (payments_pb2.PAYMENT_STATUS_COMPLETED, payments_pb2.PAYMENT_STATUS_FAILED)
-
-    async def check() -> list[payments_pb2.Payment] | None:
-        found = [await payment_status(client, name) for name in names]
-        return found if all(p.status in final for p in found) else None
-
-    result: list[payments_pb2.Payment] = await wait_for(check, "payments to settle")
-    return result
-
-
-def pay(payer: str, payee: str, token: str, amount: int) -> payments_pb2.SubmitPaymentRequest:
-    return payments_pb2.SubmitPaymentRequest(payer=payer, payee=payee, token=token, amount=str(amount))
-
-
-@pytest.fixture
-async def embedded(start_server: StartServer) -> RunningServer:
-    """A server settling on the embedded chain."""
-    return await start_server(settlement_enabled=True, **FAST)
 
 
 # -- the embedded chain -------------------------------------------------------------------------------------
@@ -282,58 +186,6 @@ async def test_a_replica_that_does_not_settle_says_so(server: RunningServer) -> 
 
 
 # -- anvil ----------------------------------------------------------------------------------------------------
-
-
-class Anvil:
-    """An anvil node with the settlement contract and the dev tokens deployed by ``ANVIL_KEYS[0]``."""
-
-    def __init__(self, url: str, port: int) -> None:
-        self.url = url
-        self.port = port
-        self.operator = Account.from_key(ANVIL_KEYS[0])
-        self.contract = ""
-        self.tokens: dict[str, str] = {}
-
-    async def deploy(self) -> None:
-        rpc = Rpc.http(self.url)
-        try:
-            relayer = Relayer(rpc, self.operator, await rpc.chain_id())
-            recipients = [dev_account(f"fees {i}").address for i in range(4)]
-            self.contract = await deploy_settlement(relayer, recipients, 3600)
-            self.tokens = await deploy_dev_tokens(relayer)
-        finally:
-            await rpc.close()
-
-    def settings(self, url: str | None = None, **overrides: object) -> dict[str, object]:
-        return {
-            "settlement_enabled": True,
-            "chain_rpc_url": url or self.url,
-            "contract_address": self.contract,
-            "operator_private_key": ANVIL_KEYS[0],
-            "token_addresses": self.tokens,
-            **FAST,
-            **overrides,
-        }
-
-    async def request(self, method: str, params: list[Any]) -> Any:
-        rpc = Rpc.http(self.url)
-        try:
-            return await rpc.request(method, params)
-        finally:
-            await rpc.close()
-
-
-@pytest.fixture
-def anvil_node() -> Iterator[Anvil]:
-    with anvil() as w3:
-        url = w3.provider.endpoint_uri  # type: ignore[attr-defined]
-        yield Anvil(str(url), int(str(url).rsplit(":", 1)[1]))
-
-
-@pytest.fixture
-async def on_anvil(anvil_node: Anvil) -> Anvil:
-    await anvil_node.deploy()
-    return anvil_node
 
 
 async def test_on_anvil_a_restart_credits_nothing_twice_and_settles(on_anvil: Anvil, start_server: StartServer) -> None:
