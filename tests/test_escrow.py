@@ -312,6 +312,7 @@ async def test_a_verifier_signature_releases_and_any_other_is_refused(
         )
     assert released.escrow.status == escrow_pb2.ESCROW_STATUS_RELEASED
     assert released.payment.amount == "100000000"
+    assert released.escrow.result_hash == result
     assert events(server, escrow.name) == ["escrow.created", "escrow.released"]
 
 
@@ -341,7 +342,7 @@ async def test_under_an_arbiter_only_the_arbiter_releases_or_refunds(
         assert sorted(e.name for e in listed.escrows) == sorted([first.name, second.name])
     assert released.escrow.status == escrow_pb2.ESCROW_STATUS_RELEASED
     assert refunded.escrow.status == escrow_pb2.ESCROW_STATUS_REFUNDED
-    assert refunded.escrow.refunded_amount == "100000000"
+    assert (refunded.escrow.refunded_amount, refunded.escrow.refund_reason) == ("100000000", "no")
     held = await balance(admin, ALICE)
     assert (held.available, held.reserved, held.escrowed) == ("199700000", "100300000", "0")
 

@@ -31,6 +31,7 @@ from agentflow_server.engine.fees import (
     batch_discount_bps,
     compute_fee,
     congestion_adjustment_bps,
+    fee_share,
     volume_discount_bps,
 )
 
@@ -569,3 +570,43 @@ def test_fees_module_imports_only_the_standard_library() -> None:
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     assert imported <= {"__future__", "itertools", "collections.abc", "dataclasses"}
+
+
+def test_shares_of_parts_that_cover_the_whole_sum_to_the_fee() -> None:
+    whole = 3_333_337  # an amount whose fee does not divide evenly by any of these parts
+    fee = compute_fee(S, whole, min_fee=10_000, congestion_bps=1000, volume_discount_bps=500)
+    for parts in ([whole], [1, whole - 1], [476_191] * 6 + [whole - 6 * 476_191], [1] * 37 + [whole - 37]):
+        before = 0
+        shares = []
+        for part in parts:
+            share = fee_share(S, fee, before=before, part=part, whole=whole)
+            assert share.platform + share.network + share.agent + share.staking == share.total
+            assert (share.rate_bps, share.congestion_adjustment_bps, share.volume_discount_bps) == (30, 1000, 500)
+            shares.append(share)
+            before += part
+        assert sum(s.total for s in shares) == fee.total
+        assert sum(s.base for s in shares) == fee.base
+
+
+def test_a_share_is_proportional_and_never_more_than_the_rest() -> None:
+    fee = compute_fee(S, 100 * 10**6, min_fee=10_000)
+    assert fee.total == 300_000
+    half = fee_share(S, fee, before=0, part=50 * 10**6, whole=100 * 10**6)
+    assert (half.total, half.platform, half.network, half.agent, half.staking) == (
+        150_000,
+        60_000,
+        45_000,
+        30_000,
+        15_000,
+    )
+    assert fee_share(S, fee, before=0, part=0, whole=100 * 10**6).total == 0
+    # A minimum fee on a tiny amount is shared too: no part pays it again.
+    tiny = compute_fee(S, 3, min_fee=10_000)
+    assert [fee_share(S, tiny, before=i, part=1, whole=3).total for i in range(3)] == [3_333, 3_333, 3_334]
+
+
+@pytest.mark.parametrize(("before", "part", "whole"), [(-1, 1, 10), (0, -1, 10), (5, 6, 10), (0, 0, 0)])
+def test_a_share_outside_the_whole_is_refused(before: int, part: int, whole: int) -> None:
+    fee = compute_fee(S, 10, min_fee=1)
+    with pytest.raises(ValueError, match="a share needs"):
+        fee_share(S, fee, before=before, part=part, whole=whole)

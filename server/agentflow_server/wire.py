@@ -214,6 +214,8 @@ def escrow_message(escrow: Escrow) -> escrow_pb2.Escrow:
         request_id=escrow.request_id,
         create_time=timestamp(escrow.create_time_us),
         update_time=timestamp(escrow.update_time_us),
+        refund_reason=escrow.refund_reason,
+        result_hash=escrow.result_hash or "",
     )
     dispute = escrow.dispute
     if dispute is not None:

@@ -27,7 +27,7 @@ from agentflow_payments.v1 import payments_pb2 as agentflow_dot_payments_dot_v1_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"agentflow/payments/v1/escrow.proto\x12\x15\x61gentflow.payments.v1\x1a\"agentflow/payments/v1/common.proto\x1a$agentflow/payments/v1/payments.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xda\x01\n\rEscrowDispute\x12\x11\n\traised_by\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cpayee_amount\x18\x04 \x01(\t\x12\x14\n\x0cpayer_amount\x18\x05 \x01(\t\x12\x17\n\x0fresolution_note\x18\x06 \x01(\t\x12\x30\n\x0cresolve_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe1\x06\n\x06\x45scrow\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\r\n\x05payer\x18\x03 \x01(\t\x12\r\n\x05payee\x18\x04 \x01(\t\x12\r\n\x05token\x18\x05 \x01(\t\x12\x0e\n\x06\x61mount\x18\x06 \x01(\t\x12\x17\n\x0freleased_amount\x18\x07 \x01(\t\x12\x17\n\x0frefunded_amount\x18\x08 \x01(\t\x12\x13\n\x0bheld_amount\x18\t \x01(\t\x12\x30\n\x03\x66\x65\x65\x18\n \x01(\x0b\x32#.agentflow.payments.v1.FeeBreakdown\x12\x42\n\x11release_condition\x18\x0b \x01(\x0e\x32\'.agentflow.payments.v1.ReleaseCondition\x12\x0f\n\x07\x61rbiter\x18\x0c \x01(\t\x12\x10\n\x08verifier\x18\r \x01(\t\x12:\n\rexpiry_action\x18\x0e \x01(\x0e\x32#.agentflow.payments.v1.ExpiryAction\x12/\n\x0b\x65xpire_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x06status\x18\x10 \x01(\x0e\x32#.agentflow.payments.v1.EscrowStatus\x12\x0f\n\x07\x65xpired\x18\x11 \x01(\x08\x12\x31\n\x08priority\x18\x12 \x01(\x0e\x32\x1f.agentflow.payments.v1.Priority\x12\x35\n\x07\x64ispute\x18\x13 \x01(\x0b\x32$.agentflow.payments.v1.EscrowDispute\x12\x18\n\x10release_payments\x18\x14 \x03(\t\x12=\n\x08metadata\x18\x15 \x03(\x0b\x32+.agentflow.payments.v1.Escrow.MetadataEntry\x12\x12\n\nrequest_id\x18\x16 \x01(\t\x12/\n\x0b\x63reate_time\x18\x17 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x18 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xfb\x03\n\x13\x43reateEscrowRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05payer\x18\x02 \x01(\t\x12\r\n\x05payee\x18\x03 \x01(\t\x12\r\n\x05token\x18\x04 \x01(\t\x12\x0e\n\x06\x61mount\x18\x05 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x42\n\x11release_condition\x18\x07 \x01(\x0e\x32\'.agentflow.payments.v1.ReleaseCondition\x12\x0f\n\x07\x61rbiter\x18\x08 \x01(\t\x12\x10\n\x08verifier\x18\t \x01(\t\x12:\n\rexpiry_action\x18\n \x01(\x0e\x32#.agentflow.payments.v1.ExpiryAction\x12\x31\n\x08priority\x18\x0b \x01(\x0e\x32\x1f.agentflow.payments.v1.Priority\x12J\n\x08metadata\x18\x0c \x03(\x0b\x32\x38.agentflow.payments.v1.CreateEscrowRequest.MetadataEntry\x12\x12\n\nrequest_id\x18\r \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x14\x43reateEscrowResponse\x12-\n\x06\x65scrow\x18\x01 \x01(\x0b\x32\x1d.agentflow.payments.v1.Escrow\" \n\x10GetEscrowRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"B\n\x11GetEscrowResponse\x12-\n\x06\x65scrow\x18\x01 \x01(\x0b\x32\x1d.agentflow.payments.v1.Escrow\"\x9f\x01\n\x12ListEscrowsRequest\x12\r\n\x05payer\x18\x01 \x01(\t\x12\r\n\x05payee\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x33\n\x06status\x18\x04 \x01(\x0e\x32#.agentflow.payments.v1.EscrowStatus\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"^\n\x13ListEscrowsResponse\x12.\n\x07\x65scrows\x18\x01 \x03(\x0b\x32\x1d.agentflow.payments.v1.Escrow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"H\n\x14ReleaseEscrowRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"w\n\x15ReleaseEscrowResponse\x12-\n\x06\x65scrow\x18\x01 \x01(\x0b\x32\x1d.agentflow.payments.v1.Escrow\x12/\n\x07payment\x18\x02 \x01(\x0b\x32\x1e.agentflow.payments.v1.Payment\"G\n\x13RefundEscrowRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"E\n\x14RefundEscrowResponse\x12-\n\x06\x65scrow\x18\x01 \x01(\x0b\x32\x1d.agentflow.payments.v1.Escrow\"[\n\x14\x44isputeEscrowRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x11\n\traised_by\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"F\n\x15\x44isputeEscrowResponse\x12-\n\x06\x65scrow\x18\x01 \x01(\x0b\x32\x1d.agentflow.payments.v1.Escrow\"~\n\x15ResolveDisputeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cpayee_amount\x18\x02 \x01(\t\x12\x14\n\x0cpayer_amount\x18\x03 \x01(\t\x12\x17\n\x0fresolution_note\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"x\n\x16ResolveDisputeResponse\x12-\n\x06\x65scrow\x18\x01 \x01(\x0b\x32\x1d.agentflow.payments.v1.Escrow\x12/\n\x07payment\x18\x02 \x01(\x0b\x32\x1e.agentflow.payments.v1.Payment\"c\n\x17SubmitTaskResultRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bresult_hash\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"z\n\x18SubmitTaskResultResponse\x12-\n\x06\x65scrow\x18\x01 \x01(\x0b\x32\x1d.agentflow.payments.v1.Escrow\x12/\n\x07payment\x18\x02 \x01(\x0b\x32\x1e.agentflow.payments.v1.Payment*\xb7\x01\n\x0c\x45scrowStatus\x12\x1d\n\x19\x45SCROW_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45SCROW_STATUS_ACTIVE\x10\x01\x12\x1a\n\x16\x45SCROW_STATUS_DISPUTED\x10\x02\x12\x1a\n\x16\x45SCROW_STATUS_RELEASED\x10\x03\x12\x1a\n\x16\x45SCROW_STATUS_REFUNDED\x10\x04\x12\x1a\n\x16\x45SCROW_STATUS_RESOLVED\x10\x05*\xa6\x01\n\x10ReleaseCondition\x12!\n\x1dRELEASE_CONDITION_UNSPECIFIED\x10\x00\x12$\n RELEASE_CONDITION_PAYER_APPROVAL\x10\x01\x12*\n&RELEASE_CONDITION_VERIFIER_ATTESTATION\x10\x02\x12\x1d\n\x19RELEASE_CONDITION_ARBITER\x10\x03*q\n\x0c\x45xpiryAction\x12\x1d\n\x19\x45XPIRY_ACTION_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45XPIRY_ACTION_REFUND_PAYER\x10\x01\x12\"\n\x1e\x45XPIRY_ACTION_RELEASE_TO_PAYEE\x10\x02\x32\xe3\x06\n\rEscrowService\x12g\n\x0c\x43reateEscrow\x12*.agentflow.payments.v1.CreateEscrowRequest\x1a+.agentflow.payments.v1.CreateEscrowResponse\x12^\n\tGetEscrow\x12\'.agentflow.payments.v1.GetEscrowRequest\x1a(.agentflow.payments.v1.GetEscrowResponse\x12\x64\n\x0bListEscrows\x12).agentflow.payments.v1.ListEscrowsRequest\x1a*.agentflow.payments.v1.ListEscrowsResponse\x12j\n\rReleaseEscrow\x12+.agentflow.payments.v1.ReleaseEscrowRequest\x1a,.agentflow.payments.v1.ReleaseEscrowResponse\x12g\n\x0cRefundEscrow\x12*.agentflow.payments.v1.RefundEscrowRequest\x1a+.agentflow.payments.v1.RefundEscrowResponse\x12j\n\rDisputeEscrow\x12+.agentflow.payments.v1.DisputeEscrowRequest\x1a,.agentflow.payments.v1.DisputeEscrowResponse\x12m\n\x0eResolveDispute\x12,.agentflow.payments.v1.ResolveDisputeRequest\x1a-.agentflow.payments.v1.ResolveDisputeResponse\x12s\n\x10SubmitTaskResult\x12..agentflow.payments.v1.SubmitTaskResultRequest\x1a/.agentflow.payments.v1.SubmitTaskResultResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"agentflow/payments/v1/escrow.proto\x12\x15\x61gentflow.payments.v1\x1a\"agentflow/payments/v1/common.proto\x1a$agentflow/payments/v1/payments.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xda\x01\n\rEscrowDispute\x12\x11\n\traised_by\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cpayee_amount\x18\x04 \x01(\t\x12\x14\n\x0cpayer_amount\x18\x05 \x01(\t\x12\x17\n\x0fresolution_note\x18\x06 \x01(\t\x12\x30\n\x0cresolve_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8d\x07\n\x06\x45scrow\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\r\n\x05payer\x18\x03 \x01(\t\x12\r\n\x05payee\x18\x04 \x01(\t\x12\r\n\x05token\x18\x05 \x01(\t\x12\x0e\n\x06\x61mount\x18\x06 \x01(\t\x12\x17\n\x0freleased_amount\x18\x07 \x01(\t\x12\x17\n\x0frefunded_amount\x18\x08 \x01(\t\x12\x13\n\x0bheld_amount\x18\t \x01(\t\x12\x30\n\x03\x66\x65\x65\x18\n \x01(\x0b\x32#.agentflow.payments.v1.FeeBreakdown\x12\x42\n\x11release_condition\x18\x0b \x01(\x0e\x32\'.agentflow.payments.v1.ReleaseCondition\x12\x0f\n\x07\x61rbiter\x18\x0c \x01(\t\x12\x10\n\x08verifier\x18\r \x01(\t\x12:\n\rexpiry_action\x18\x0e \x01(\x0e\x32#.agentflow.payments.v1.ExpiryAction\x12/\n\x0b\x65xpire_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x06status\x18\x10 \x01(\x0e\x32#.agentflow.payments.v1.EscrowStatus\x12\x0f\n\x07\x65xpired\x18\x11 \x01(\x08\x12\x31\n\x08priority\x18\x12 \x01(\x0e\x32\x1f.agentflow.payments.v1.Priority\x12\x35\n\x07\x64ispute\x18\x13 \x01(\x0b\x32$.agentflow.payments.v1.EscrowDispute\x12\x18\n\x10release_payments\x18\x14 \x03(\t\x12=\n\x08metadata\x18\x15 \x03(\x0b\x32+.agentflow.payments.v1.Escrow.MetadataEntry\x12\x12\n\nrequest_id\x18\x16 \x01(\t\x12/\n\x0b\x63reate_time\x18\x17 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x18 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrefund_reason\x18\x19 \x01(\t\x12\x13\n\x0bresult_hash\x18\x1a \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xfb\x03\n\x13\x43reateEscrowRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05payer\x18\x02 \x01(\t\x12\r\n\x05payee\x18\x03 \x01(\t\x12\r\n\x05token\x18\x04 \x01(\t\x12\x0e\n\x06\x61mount\x18\x05 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x42\n\x11release_condition\x18\x07 \x01(\x0e\x32\'.agentflow.payments.v1.ReleaseCondition\x12\x0f\n\x07\x61rbiter\x18\x08 \x01(\t\x12\x10\n\x08verifier\x18\t \x01(\t\x12:\n\rexpiry_action\x18\n \x01(\x0e\x32#.agentflow.payments.v1.ExpiryAction\x12\x31\n\x08priority\x18\x0b \x01(\x0e\x32\x1f.agentflow.payments.v1.Priority\x12J\n\x08metadata\x18\x0c \x03(\x0b\x32\x38.agentflow.payments.v1.CreateEscrowRequest.MetadataEntry\x12\x12\n\nrequest_id\x18\r \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x14\x43reateEscrowResponse\x12-\n\x06\x65scrow\x18\x01 \x01(\x0b\x32\x1d.agentflow.payments.v1.Escrow\" \n\x10GetEscrowRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"B\n\x11GetEscrowResponse\x12-\n\x06\x65scrow\x18\x01 \x01(\x0b\x32\x1d.agentflow.payments.v1.Escrow\"\x9f\x01\n\x12ListEscrowsRequest\x12\r\n\x05payer\x18\x01 \x01(\t\x12\r\n\x05payee\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x33\n\x06status\x18\x04 \x01(\x0e\x32#.agentflow.payments.v1.EscrowStatus\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"^\n\x13ListEscrowsResponse\x12.\n\x07\x65scrows\x18\x01 \x03(\x0b\x32\x1d.agentflow.payments.v1.Escrow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"H\n\x14ReleaseEscrowRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"w\n\x15ReleaseEscrowResponse\x12-\n\x06\x65scrow\x18\x01 \x01(\x0b\x32\x1d.agentflow.payments.v1.Escrow\x12/\n\x07payment\x18\x02 \x01(\x0b\x32\x1e.agentflow.payments.v1.Payment\"G\n\x13RefundEscrowRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"E\n\x14RefundEscrowResponse\x12-\n\x06\x65scrow\x18\x01 \x01(\x0b\x32\x1d.agentflow.payments.v1.Escrow\"[\n\x14\x44isputeEscrowRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x11\n\traised_by\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"F\n\x15\x44isputeEscrowResponse\x12-\n\x06\x65scrow\x18\x01 \x01(\x0b\x32\x1d.agentflow.payments.v1.Escrow\"~\n\x15ResolveDisputeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cpayee_amount\x18\x02 \x01(\t\x12\x14\n\x0cpayer_amount\x18\x03 \x01(\t\x12\x17\n\x0fresolution_note\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"x\n\x16ResolveDisputeResponse\x12-\n\x06\x65scrow\x18\x01 \x01(\x0b\x32\x1d.agentflow.payments.v1.Escrow\x12/\n\x07payment\x18\x02 \x01(\x0b\x32\x1e.agentflow.payments.v1.Payment\"c\n\x17SubmitTaskResultRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bresult_hash\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"z\n\x18SubmitTaskResultResponse\x12-\n\x06\x65scrow\x18\x01 \x01(\x0b\x32\x1d.agentflow.payments.v1.Escrow\x12/\n\x07payment\x18\x02 \x01(\x0b\x32\x1e.agentflow.payments.v1.Payment*\xb7\x01\n\x0c\x45scrowStatus\x12\x1d\n\x19\x45SCROW_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45SCROW_STATUS_ACTIVE\x10\x01\x12\x1a\n\x16\x45SCROW_STATUS_DISPUTED\x10\x02\x12\x1a\n\x16\x45SCROW_STATUS_RELEASED\x10\x03\x12\x1a\n\x16\x45SCROW_STATUS_REFUNDED\x10\x04\x12\x1a\n\x16\x45SCROW_STATUS_RESOLVED\x10\x05*\xa6\x01\n\x10ReleaseCondition\x12!\n\x1dRELEASE_CONDITION_UNSPECIFIED\x10\x00\x12$\n RELEASE_CONDITION_PAYER_APPROVAL\x10\x01\x12*\n&RELEASE_CONDITION_VERIFIER_ATTESTATION\x10\x02\x12\x1d\n\x19RELEASE_CONDITION_ARBITER\x10\x03*q\n\x0c\x45xpiryAction\x12\x1d\n\x19\x45XPIRY_ACTION_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45XPIRY_ACTION_REFUND_PAYER\x10\x01\x12\"\n\x1e\x45XPIRY_ACTION_RELEASE_TO_PAYEE\x10\x02\x32\xe3\x06\n\rEscrowService\x12g\n\x0c\x43reateEscrow\x12*.agentflow.payments.v1.CreateEscrowRequest\x1a+.agentflow.payments.v1.CreateEscrowResponse\x12^\n\tGetEscrow\x12\'.agentflow.payments.v1.GetEscrowRequest\x1a(.agentflow.payments.v1.GetEscrowResponse\x12\x64\n\x0bListEscrows\x12).agentflow.payments.v1.ListEscrowsRequest\x1a*.agentflow.payments.v1.ListEscrowsResponse\x12j\n\rReleaseEscrow\x12+.agentflow.payments.v1.ReleaseEscrowRequest\x1a,.agentflow.payments.v1.ReleaseEscrowResponse\x12g\n\x0cRefundEscrow\x12*.agentflow.payments.v1.RefundEscrowRequest\x1a+.agentflow.payments.v1.RefundEscrowResponse\x12j\n\rDisputeEscrow\x12+.agentflow.payments.v1.DisputeEscrowRequest\x1a,.agentflow.payments.v1.DisputeEscrowResponse\x12m\n\x0eResolveDispute\x12,.agentflow.payments.v1.ResolveDisputeRequest\x1a-.agentflow.payments.v1.ResolveDisputeResponse\x12s\n\x10SubmitTaskResult\x12..agentflow.payments.v1.SubmitTaskResultRequest\x1a/.agentflow.payments.v1.SubmitTaskResultResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,52 +38,52 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ESCROW_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_CREATEESCROWREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_CREATEESCROWREQUEST_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_ESCROWSTATUS']._serialized_start=3178
-  _globals['_ESCROWSTATUS']._serialized_end=3361
-  _globals['_RELEASECONDITION']._serialized_start=3364
-  _globals['_RELEASECONDITION']._serialized_end=3530
-  _globals['_EXPIRYACTION']._serialized_start=3532
-  _globals['_EXPIRYACTION']._serialized_end=3645
+  _globals['_ESCROWSTATUS']._serialized_start=3222
+  _globals['_ESCROWSTATUS']._serialized_end=3405
+  _globals['_RELEASECONDITION']._serialized_start=3408
+  _globals['_RELEASECONDITION']._serialized_end=3574
+  _globals['_EXPIRYACTION']._serialized_start=3576
+  _globals['_EXPIRYACTION']._serialized_end=3689
   _globals['_ESCROWDISPUTE']._serialized_start=169
   _globals['_ESCROWDISPUTE']._serialized_end=387
   _globals['_ESCROW']._serialized_start=390
-  _globals['_ESCROW']._serialized_end=1255
-  _globals['_ESCROW_METADATAENTRY']._serialized_start=1208
-  _globals['_ESCROW_METADATAENTRY']._serialized_end=1255
-  _globals['_CREATEESCROWREQUEST']._serialized_start=1258
-  _globals['_CREATEESCROWREQUEST']._serialized_end=1765
-  _globals['_CREATEESCROWREQUEST_METADATAENTRY']._serialized_start=1208
-  _globals['_CREATEESCROWREQUEST_METADATAENTRY']._serialized_end=1255
-  _globals['_CREATEESCROWRESPONSE']._serialized_start=1767
-  _globals['_CREATEESCROWRESPONSE']._serialized_end=1836
-  _globals['_GETESCROWREQUEST']._serialized_start=1838
-  _globals['_GETESCROWREQUEST']._serialized_end=1870
-  _globals['_GETESCROWRESPONSE']._serialized_start=1872
-  _globals['_GETESCROWRESPONSE']._serialized_end=1938
-  _globals['_LISTESCROWSREQUEST']._serialized_start=1941
-  _globals['_LISTESCROWSREQUEST']._serialized_end=2100
-  _globals['_LISTESCROWSRESPONSE']._serialized_start=2102
-  _globals['_LISTESCROWSRESPONSE']._serialized_end=2196
-  _globals['_RELEASEESCROWREQUEST']._serialized_start=2198
-  _globals['_RELEASEESCROWREQUEST']._serialized_end=2270
-  _globals['_RELEASEESCROWRESPONSE']._serialized_start=2272
-  _globals['_RELEASEESCROWRESPONSE']._serialized_end=2391
-  _globals['_REFUNDESCROWREQUEST']._serialized_start=2393
-  _globals['_REFUNDESCROWREQUEST']._serialized_end=2464
-  _globals['_REFUNDESCROWRESPONSE']._serialized_start=2466
-  _globals['_REFUNDESCROWRESPONSE']._serialized_end=2535
-  _globals['_DISPUTEESCROWREQUEST']._serialized_start=2537
-  _globals['_DISPUTEESCROWREQUEST']._serialized_end=2628
-  _globals['_DISPUTEESCROWRESPONSE']._serialized_start=2630
-  _globals['_DISPUTEESCROWRESPONSE']._serialized_end=2700
-  _globals['_RESOLVEDISPUTEREQUEST']._serialized_start=2702
-  _globals['_RESOLVEDISPUTEREQUEST']._serialized_end=2828
-  _globals['_RESOLVEDISPUTERESPONSE']._serialized_start=2830
-  _globals['_RESOLVEDISPUTERESPONSE']._serialized_end=2950
-  _globals['_SUBMITTASKRESULTREQUEST']._serialized_start=2952
-  _globals['_SUBMITTASKRESULTREQUEST']._serialized_end=3051
-  _globals['_SUBMITTASKRESULTRESPONSE']._serialized_start=3053
-  _globals['_SUBMITTASKRESULTRESPONSE']._serialized_end=3175
-  _globals['_ESCROWSERVICE']._serialized_start=3648
-  _globals['_ESCROWSERVICE']._serialized_end=4515
+  _globals['_ESCROW']._serialized_end=1299
+  _globals['_ESCROW_METADATAENTRY']._serialized_start=1252
+  _globals['_ESCROW_METADATAENTRY']._serialized_end=1299
+  _globals['_CREATEESCROWREQUEST']._serialized_start=1302
+  _globals['_CREATEESCROWREQUEST']._serialized_end=1809
+  _globals['_CREATEESCROWREQUEST_METADATAENTRY']._serialized_start=1252
+  _globals['_CREATEESCROWREQUEST_METADATAENTRY']._serialized_end=1299
+  _globals['_CREATEESCROWRESPONSE']._serialized_start=1811
+  _globals['_CREATEESCROWRESPONSE']._serialized_end=1880
+  _globals['_GETESCROWREQUEST']._serialized_start=1882
+  _globals['_GETESCROWREQUEST']._serialized_end=1914
+  _globals['_GETESCROWRESPONSE']._serialized_start=1916
+  _globals['_GETESCROWRESPONSE']._serialized_end=1982
+  _globals['_LISTESCROWSREQUEST']._serialized_start=1985
+  _globals['_LISTESCROWSREQUEST']._serialized_end=2144
+  _globals['_LISTESCROWSRESPONSE']._serialized_start=2146
+  _globals['_LISTESCROWSRESPONSE']._serialized_end=2240
+  _globals['_RELEASEESCROWREQUEST']._serialized_start=2242
+  _globals['_RELEASEESCROWREQUEST']._serialized_end=2314
+  _globals['_RELEASEESCROWRESPONSE']._serialized_start=2316
+  _globals['_RELEASEESCROWRESPONSE']._serialized_end=2435
+  _globals['_REFUNDESCROWREQUEST']._serialized_start=2437
+  _globals['_REFUNDESCROWREQUEST']._serialized_end=2508
+  _globals['_REFUNDESCROWRESPONSE']._serialized_start=2510
+  _globals['_REFUNDESCROWRESPONSE']._serialized_end=2579
+  _globals['_DISPUTEESCROWREQUEST']._serialized_start=2581
+  _globals['_DISPUTEESCROWREQUEST']._serialized_end=2672
+  _globals['_DISPUTEESCROWRESPONSE']._serialized_start=2674
+  _globals['_DISPUTEESCROWRESPONSE']._serialized_end=2744
+  _globals['_RESOLVEDISPUTEREQUEST']._serialized_start=2746
+  _globals['_RESOLVEDISPUTEREQUEST']._serialized_end=2872
+  _globals['_RESOLVEDISPUTERESPONSE']._serialized_start=2874
+  _globals['_RESOLVEDISPUTERESPONSE']._serialized_end=2994
+  _globals['_SUBMITTASKRESULTREQUEST']._serialized_start=2996
+  _globals['_SUBMITTASKRESULTREQUEST']._serialized_end=3095
+  _globals['_SUBMITTASKRESULTRESPONSE']._serialized_start=3097
+  _globals['_SUBMITTASKRESULTRESPONSE']._serialized_end=3219
+  _globals['_ESCROWSERVICE']._serialized_start=3692
+  _globals['_ESCROWSERVICE']._serialized_end=4559
 # @@protoc_insertion_point(module_scope)

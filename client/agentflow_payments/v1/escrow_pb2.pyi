@@ -214,6 +214,8 @@ class Escrow(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    REFUND_REASON_FIELD_NUMBER: _builtins.int
+    RESULT_HASH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Output only. The resource name, "escrows/{escrow_id}"."""
     task_id: _builtins.str
@@ -248,6 +250,10 @@ class Escrow(_message.Message):
     """Output only. The priority its release payments settle with."""
     request_id: _builtins.str
     """Output only. The idempotency key it was created with."""
+    refund_reason: _builtins.str
+    """Output only. The reason given with RefundEscrow, when it was refunded that way."""
+    result_hash: _builtins.str
+    """Output only. The task result hash its verifier attested, when released that way."""
     @_builtins.property
     def fee(self) -> _common_pb2.FeeBreakdown:
         """Output only. The fee fixed at creation."""
@@ -303,10 +309,12 @@ class Escrow(_message.Message):
         request_id: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        refund_reason: _builtins.str = ...,
+        result_hash: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "dispute", b"dispute", "expire_time", b"expire_time", "fee", b"fee", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "arbiter", b"arbiter", "create_time", b"create_time", "dispute", b"dispute", "expire_time", b"expire_time", "expired", b"expired", "expiry_action", b"expiry_action", "fee", b"fee", "held_amount", b"held_amount", "metadata", b"metadata", "name", b"name", "payee", b"payee", "payer", b"payer", "priority", b"priority", "refunded_amount", b"refunded_amount", "release_condition", b"release_condition", "release_payments", b"release_payments", "released_amount", b"released_amount", "request_id", b"request_id", "status", b"status", "task_id", b"task_id", "token", b"token", "update_time", b"update_time", "verifier", b"verifier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "arbiter", b"arbiter", "create_time", b"create_time", "dispute", b"dispute", "expire_time", b"expire_time", "expired", b"expired", "expiry_action", b"expiry_action", "fee", b"fee", "held_amount", b"held_amount", "metadata", b"metadata", "name", b"name", "payee", b"payee", "payer", b"payer", "priority", b"priority", "refund_reason", b"refund_reason", "refunded_amount", b"refunded_amount", "release_condition", b"release_condition", "release_payments", b"release_payments", "released_amount", b"released_amount", "request_id", b"request_id", "result_hash", b"result_hash", "status", b"status", "task_id", b"task_id", "token", b"token", "update_time", b"update_time", "verifier", b"verifier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1092,6 +1092,7 @@ class Engine:
             self._escrow_event(group, escrow, "released")
         elif isinstance(command, RefundEscrow):
             rules.require_active(escrow, now_us, "refunded")
+            escrow.refund_reason = command.reason
             self._refund_rest(group, escrow)
             escrow.status = EscrowStatus.REFUNDED
             self._escrow_event(group, escrow, "refunded")

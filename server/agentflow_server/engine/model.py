@@ -277,6 +277,7 @@ class Escrow:
     dispute: Dispute | None = None
     release_payments: list[str] = field(default_factory=list)
     result_hash: str | None = None
+    refund_reason: str = ""
 
     @property
     def name(self) -> str:

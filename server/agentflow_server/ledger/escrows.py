@@ -54,6 +54,7 @@ def escrow_row(escrow: Escrow) -> dict[str, Any]:
         "fee_charged": escrow.fee_charged,
         "release_payments": json.dumps(escrow.release_payments, separators=(",", ":")),
         "result_hash": escrow.result_hash,
+        "refund_reason": escrow.refund_reason,
         "dispute_raised_by": dispute.raised_by if dispute else None,
         "dispute_reason": dispute.reason if dispute else None,
         "dispute_time_us": dispute.create_time_us if dispute else None,
@@ -114,6 +115,7 @@ def escrow_from_row(row: Mapping[Any, Any]) -> Escrow:
         dispute=dispute,
         release_payments=json.loads(row["release_payments"]),
         result_hash=row["result_hash"],
+        refund_reason=row["refund_reason"],
     )
 
 

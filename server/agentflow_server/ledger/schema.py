@@ -208,6 +208,7 @@ escrows = Table(
     # JSON list of the ids of the payments its releases created.
     Column("release_payments", Text, nullable=False),
     Column("result_hash", String(66), nullable=True),
+    Column("refund_reason", String(512), nullable=False),
     Column("dispute_raised_by", String(42), nullable=True),
     Column("dispute_reason", String(512), nullable=True),
     Column("dispute_time_us", BigInteger, nullable=True),

@@ -51,6 +51,7 @@ def upgrade() -> None:
         sa.Column("fee_charged", Amount, nullable=False),
         sa.Column("release_payments", sa.Text, nullable=False),
         sa.Column("result_hash", sa.String(66), nullable=True),
+        sa.Column("refund_reason", sa.String(512), nullable=False),
         sa.Column("dispute_raised_by", sa.String(42), nullable=True),
         sa.Column("dispute_reason", sa.String(512), nullable=True),
         sa.Column("dispute_time_us", sa.BigInteger, nullable=True),
