@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 from eth_account.messages import encode_defunct
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from agentflow_payments import (
     AsyncClient,
@@ -463,6 +463,10 @@ async def test_at_its_deadline_an_escrow_refunds_or_releases_as_it_says(start_se
     assert events(server, refund.name) == ["escrow.created", "escrow.expired", "escrow.refunded"]
     assert events(server, release.name) == ["escrow.created", "escrow.expired", "escrow.released"]
     assert_journal_matches_balances(server)
+    registry = server.service.metrics.registry
+    assert registry.get_sample_value("agentflow_escrow_steps_total", {"step": "expired"}) == 2
+    assert registry.get_sample_value("agentflow_escrow_steps_total", {"step": "created"}) == 2
+    assert registry.get_sample_value("agentflow_escrow_expiry_lateness_seconds_count") == 2
 
 
 async def test_a_deadline_that_passed_while_the_server_was_down_is_met_at_start(
@@ -718,3 +722,36 @@ async def test_on_anvil_a_dispute_split_arrives_on_chain_as_split(on_anvil: Anvi
     assert fee == 192_000
     assert (held.available, held.reserved, held.escrowed) == (str(200 * USDC - 64 * USDC - fee), "0", "0")
     await assert_ledger_matches_chain(chain)
+
+
+# -- figures ------------------------------------------------------------------------------------------------
+
+
+async def test_get_metrics_counts_escrows_and_the_value_they_lock(admin: AsyncClient, fund: Fund) -> None:
+    await fund(ALICE, 1_000 * USDC)
+    await fund(ALICE, 10**18, token="ETH")
+    made = [(await admin.escrows.CreateEscrow(create(amount=(i + 1) * USDC))).escrow for i in range(5)]
+    eth = (await admin.escrows.CreateEscrow(create(token="ETH", amount=str(10**17)))).escrow
+    await admin.escrows.ReleaseEscrow(escrow_pb2.ReleaseEscrowRequest(name=made[0].name))
+    await admin.escrows.ReleaseEscrow(escrow_pb2.ReleaseEscrowRequest(name=made[1].name, amount=str(USDC)))
+    await admin.escrows.RefundEscrow(escrow_pb2.RefundEscrowRequest(name=made[2].name))
+    await admin.escrows.DisputeEscrow(escrow_pb2.DisputeEscrowRequest(name=made[3].name, reason="late", raised_by=BOB))
+    await admin.payments.SubmitPayment(
+        payments_pb2.SubmitPaymentRequest(payer=ALICE, payee=BOB, token="USDC", amount=str(7 * USDC))
+    )
+    figures = await admin.admin.GetMetrics(admin_pb2.GetMetricsRequest())
+    escrows = figures.escrows
+    assert (escrows.total, escrows.active, escrows.released, escrows.refunded, escrows.disputed) == (6, 3, 1, 1, 1)
+    # Held: 1 of escrow 2 (after its 1 USDC release), 4 (disputed), 5, and the ETH one.
+    assert {t.token: t.amount for t in escrows.value_locked} == {"USDC": str(10 * USDC), "ETH": str(10**17)}
+    payments = figures.payments
+    # Two releases and one payment were accepted, all queued on a server that does not settle.
+    assert (payments.accepted, payments.completed, payments.failed, payments.queue_depth) == (3, 0, 0, 3)
+    assert {t.token: t.amount for t in payments.volume} == {"USDC": str(9 * USDC)}
+    assert payments.success_rate == 1.0
+    assert payments.p99_response_ms >= payments.mean_response_ms > 0
+    assert figures.window.seconds == 60
+    assert eth.status == escrow_pb2.ESCROW_STATUS_ACTIVE
+    with pytest.raises(InvalidArgument) as caught:
+        await admin.admin.GetMetrics(admin_pb2.GetMetricsRequest(window=duration_pb2.Duration(seconds=86_401)))
+    assert [v.field for v in caught.value.field_violations] == ["window"]

@@ -128,7 +128,7 @@ async def test_methods_of_later_issues_answer_unimplemented_with_a_reason(server
     async with server.client() as client:
         calls = [
             client.webhooks.ListWebhooks(webhooks_pb2.ListWebhooksRequest()),
-            client.admin.GetMetrics(admin_pb2.GetMetricsRequest()),
+            client.webhooks.TestWebhook(webhooks_pb2.TestWebhookRequest(name="webhooks/x")),
         ]
         for call in calls:
             with pytest.raises(Unimplemented) as caught:

@@ -209,7 +209,9 @@ class Service:
         accounts_pb2_grpc.add_AccountServiceServicer_to_server(
             AccountServicer(engine, AccountReader(database), tokens, chain_id, deposits), server
         )
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(registry, default_limit), server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(registry, default_limit, engine, metrics, EscrowReader(database)), server
+        )
         health_servicer = AsyncHealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(

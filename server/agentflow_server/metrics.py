@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from .activity import Activity
+
 # Buckets around the promise of answers well under 100 ms.
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -12,6 +14,8 @@ class Metrics:
     """The server's metric families."""
 
     def __init__(self) -> None:
+        # The trailing windows GetMetrics reports; Prometheus has the counts since start.
+        self.activity = Activity()
         self.registry = CollectorRegistry()
         self.rpc_requests = Counter(
             "agentflow_rpc_requests",
@@ -87,6 +91,18 @@ class Metrics:
             "agentflow_settlement_batch_seconds",
             "Time from a batch's forming to its confirmation.",
             buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=self.registry,
+        )
+        self.escrow_steps = Counter(
+            "agentflow_escrow_steps",
+            "Escrow events recorded: created, released (each part), refunded, disputed, resolved, expired.",
+            ["step"],
+            registry=self.registry,
+        )
+        self.escrow_expiry_lateness = Histogram(
+            "agentflow_escrow_expiry_lateness_seconds",
+            "Time from an escrow's deadline to the commit of its expiry.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0),
             registry=self.registry,
         )
         self.deposits_block = Gauge(

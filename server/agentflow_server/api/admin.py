@@ -1,21 +1,27 @@
-"""AdminService: API keys (served) and operating metrics (not yet)."""
+"""AdminService: API keys, and the operating figures of GetMetrics."""
 
 from __future__ import annotations
 
 import logging
 import time
 
-from agentflow_payments import FieldViolation
-from agentflow_payments.v1 import admin_pb2, admin_pb2_grpc
+from google.protobuf import duration_pb2
 
+from agentflow_payments import FieldViolation
+from agentflow_payments.v1 import admin_pb2, admin_pb2_grpc, common_pb2
+
+from ..activity import MAX_WINDOW_SECONDS
 from ..addresses import parse_address
 from ..auth import ApiKeyRegistry, Scope, current_principal
+from ..engine.engine import Engine
+from ..engine.model import EscrowStatus
 from ..errors import invalid_fields
 from ..ledger.api_keys import ApiKeyRecord
+from ..ledger.escrows import EscrowReader
+from ..metrics import Metrics
 from ..wire import timestamp
 from . import pagination
 from .context import Context
-from .unimplemented import not_served
 
 audit = logging.getLogger("agentflow.audit")
 
@@ -55,9 +61,19 @@ def api_key_message(record: ApiKeyRecord) -> admin_pb2.ApiKey:
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     """Serves AdminService. Only admin keys get here (see api.policy)."""
 
-    def __init__(self, registry: ApiKeyRegistry, default_rate_limit: tuple[int, int]) -> None:
+    def __init__(
+        self,
+        registry: ApiKeyRegistry,
+        default_rate_limit: tuple[int, int],
+        engine: Engine,
+        metrics: Metrics,
+        escrows: EscrowReader,
+    ) -> None:
         self._registry = registry
         self._default_rate_limit = default_rate_limit
+        self._engine = engine
+        self._metrics = metrics
+        self._escrows = escrows
 
     async def CreateApiKey(
         self, request: admin_pb2.CreateApiKeyRequest, context: Context
@@ -153,4 +169,44 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.RevokeApiKeyResponse(api_key=api_key_message(record))
 
     async def GetMetrics(self, request: admin_pb2.GetMetricsRequest, context: Context) -> admin_pb2.GetMetricsResponse:
-        raise not_served("AdminService.GetMetrics", "the ledger, escrow and webhook figures")
+        seconds = 60.0
+        if request.HasField("window"):
+            window = request.window
+            seconds = window.seconds + window.nanos / 1e9
+            if not (0 < seconds <= MAX_WINDOW_SECONDS) or window.nanos < 0:
+                raise invalid_fields([FieldViolation("window", f"must be positive and at most {MAX_WINDOW_SECONDS} s")])
+        recent = self._metrics.activity.window(seconds)
+        finished = recent.completed + recent.failed
+        payments = admin_pb2.PaymentMetrics(
+            payments_per_second=recent.accepted / seconds,
+            mean_response_ms=recent.mean_response_seconds * 1000,
+            p99_response_ms=recent.p99_response_seconds * 1000,
+            queue_depth=sum(len(queue) for queue in self._engine.queues.values()),
+            success_rate=recent.completed / finished if finished else 1.0,
+            accepted=recent.accepted,
+            completed=recent.completed,
+            failed=recent.failed,
+            volume=[common_pb2.TokenAmount(token=t, amount=str(a)) for t, a in sorted(recent.volume.items())],
+        )
+        figures = await self._escrows.figures()
+        escrows = admin_pb2.EscrowMetrics(
+            total=figures.total,
+            active=figures.by_status.get(EscrowStatus.ACTIVE, 0),
+            released=figures.by_status.get(EscrowStatus.RELEASED, 0),
+            refunded=figures.by_status.get(EscrowStatus.REFUNDED, 0),
+            disputed=figures.by_status.get(EscrowStatus.DISPUTED, 0),
+            value_locked=[
+                common_pb2.TokenAmount(token=t, amount=str(a)) for t, a in sorted(figures.value_locked.items())
+            ],
+        )
+        duration = duration_pb2.Duration()
+        duration.FromNanoseconds(round(seconds * 1e9))
+        return admin_pb2.GetMetricsResponse(
+            compute_time=timestamp(self._engine.clock.now_us()),
+            window=duration,
+            payments=payments,
+            escrows=escrows,
+            # This server delivers no webhooks yet: no attempts, and a success rate of 1 as the API
+            # defines it for none.
+            webhooks=admin_pb2.WebhookMetrics(delivery_success_rate=1.0),
+        )

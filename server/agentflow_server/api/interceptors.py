@@ -152,7 +152,13 @@ class _Boundary:
         finally:
             self._metrics.rpc_requests.labels(self._method, _code_name(code)).inc()
             if self._timed:
-                self._metrics.rpc_duration.labels(self._method).observe(time.perf_counter() - self._started)
+                elapsed = time.perf_counter() - self._started
+                self._metrics.rpc_duration.labels(self._method).observe(elapsed)
+                if self._method == _SUBMIT_PAYMENT:
+                    self._metrics.activity.response(elapsed)
+
+
+_SUBMIT_PAYMENT = "/agentflow.payments.v1.PaymentService/SubmitPayment"
 
 
 def _code_name(code: Any) -> str:

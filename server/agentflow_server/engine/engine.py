@@ -147,6 +147,9 @@ class _Group:
     escrows: dict[str, Escrow] = field(default_factory=dict)
     # (expire_time_us, escrow_id) of escrows this group created: the timer learns them once committed.
     new_deadlines: list[tuple[int, str]] = field(default_factory=list)
+    # For the metrics once committed: escrow events by step, and the deadlines of escrows expired.
+    escrow_steps: Counter[str] = field(default_factory=Counter)
+    expired_deadlines: list[int] = field(default_factory=list)
     balance_undo: dict[AccountKey, Balance | None] = field(default_factory=dict)
     volume_undo: list[tuple[str, str, int, int]] = field(default_factory=list)
     queued: Counter[str] = field(default_factory=Counter)
@@ -442,6 +445,7 @@ class Engine:
         if self._metrics is not None:
             self._metrics.group_commit_seconds.observe(time.perf_counter() - started)
             self._metrics.group_commands.observe(len(group.pending))
+            self._record_activity(group)
         # Commits happen in order, so this group is the oldest in flight.
         assert self._inflight[0] is group
         self._inflight.pop(0)
@@ -462,6 +466,26 @@ class Engine:
         if group.new_deadlines:
             self.deadlines.add(group.new_deadlines)
         self._answer(group)
+
+    def _record_activity(self, group: _Group) -> None:
+        """Count what a committed group did, for Prometheus and GetMetrics' windows."""
+        assert self._metrics is not None
+        write = group.write
+        accepted = [(p.token, p.amount) for p in write.new_payments if p.kind is PaymentKind.PAYMENT]
+        completed = failed = 0
+        for payment in write.changed_payments.values():
+            if payment.kind is PaymentKind.PAYMENT:
+                if payment.status is PaymentStatus.COMPLETED:
+                    completed += 1
+                elif payment.status is PaymentStatus.FAILED:
+                    failed += 1
+        self._metrics.activity.settled(accepted, completed, failed)
+        for step, count in group.escrow_steps.items():
+            self._metrics.escrow_steps.labels(step).inc(count)
+        if group.expired_deadlines:
+            now_us = self.clock.now_us()
+            for deadline in group.expired_deadlines:
+                self._metrics.escrow_expiry_lateness.observe(max(0, now_us - deadline) / 1e6)
 
     def _write(self, write: GroupWrite, epoch: int, connection: Connection) -> None:
         """On the writer's thread: a group's rows, committed durably (synchronous=FULL) before returning."""
@@ -1138,6 +1162,7 @@ class Engine:
         if escrow is None or escrow.status is not EscrowStatus.ACTIVE or group.write.time_us < escrow.expire_time_us:
             return None
         escrow.expired = True
+        group.expired_deadlines.append(escrow.expire_time_us)
         self._escrow_event(group, escrow, "expired")
         payment = None
         if escrow.expiry_action is ExpiryAction.RELEASE_TO_PAYEE:
@@ -1226,6 +1251,7 @@ class Engine:
         write = group.write
         escrow.update_time_us = write.time_us
         write.escrows[escrow.escrow_id] = escrow
+        group.escrow_steps[event] += 1
         write.event(
             f"escrow.{event}",
             escrow.name,

@@ -136,6 +136,35 @@ def load_deadlines(connection: Connection) -> list[tuple[int, str]]:
 
 
 @dataclass(frozen=True)
+class EscrowFigures:
+    """How many escrows there are in each status, and what the open ones hold per token."""
+
+    by_status: dict[EscrowStatus, int]
+    value_locked: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        """Escrows ever created."""
+        return sum(self.by_status.values())
+
+
+def load_figures(connection: Connection) -> EscrowFigures:
+    """Counts by status (one pass over the status index) and the held amounts of active and disputed
+    escrows, summed here: amounts are text in SQLite, and a sum in SQL would round past 2^63."""
+    c = escrows.c
+    by_status = {
+        EscrowStatus(status): count
+        for status, count in connection.execute(sa.select(c.status, sa.func.count()).group_by(c.status))
+    }
+    locked: dict[str, int] = {}
+    open_ = [int(EscrowStatus.ACTIVE), int(EscrowStatus.DISPUTED)]
+    query = sa.select(c.token, c.amount, c.released_amount, c.refunded_amount).where(c.status.in_(open_))
+    for token, amount, released, refunded in connection.execute(query):
+        locked[token] = locked.get(token, 0) + amount - released - refunded
+    return EscrowFigures(by_status, locked)
+
+
+@dataclass(frozen=True)
 class EscrowFilter:
     """ListEscrows filters; ``None`` matches everything. ``visible_to`` limits to escrows naming one of
     those addresses as payer, payee, arbiter or verifier (a key bound to addresses)."""
@@ -158,6 +187,11 @@ class EscrowReader:
         async with self._database.connect() as connection:
             found = await connection.run_sync(load_escrows, [escrow_id])
         return found.get(escrow_id)
+
+    async def figures(self) -> EscrowFigures:
+        """The escrow figures of GetMetrics."""
+        async with self._database.connect() as connection:
+            return await connection.run_sync(load_figures)
 
     async def page(self, where: EscrowFilter, *, limit: int, before: str | None) -> list[Escrow]:
         """Escrows newest first, ``limit`` of them, older than the escrow id ``before``."""
