@@ -208,11 +208,6 @@ class EscrowStatus(enum.IntEnum):
     REFUNDED = 4
     RESOLVED = 5
 
-    @property
-    def final(self) -> bool:
-        """Whether nothing more can happen to an escrow in this status."""
-        return self not in (EscrowStatus.ACTIVE, EscrowStatus.DISPUTED)
-
 
 class ReleaseCondition(enum.IntEnum):
     """What releases an escrow (the API's ReleaseCondition)."""
