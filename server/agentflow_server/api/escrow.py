@@ -18,7 +18,7 @@ from ..engine import commands
 from ..engine.commands import Actor, CreateEscrow, EscrowStep
 from ..engine.engine import Engine
 from ..engine.escrows import escrow_not_found
-from ..engine.model import Escrow, EscrowOutcome, EscrowStatus, ExpiryAction, Priority, ReleaseCondition
+from ..engine.model import Escrow, EscrowOutcome, EscrowStatus, ExpiryAction, ReleaseCondition
 from ..ledger.escrows import EscrowFilter, EscrowReader
 from ..wire import escrow_message, payment_message
 from . import pagination
@@ -28,10 +28,6 @@ from .validation import MAX_REASON, MAX_TASK_ID, Fields, resource_id
 _ESCROW_ID = re.compile(r"[0-9a-f]{22}")
 _RESULT_HASH = re.compile(r"0x[0-9a-fA-F]{64}")
 _SIGNATURE = re.compile(r"0x[0-9a-fA-F]{130}")
-_PRIORITIES = {int(p): p for p in Priority}
-_CONDITIONS = {int(c): c for c in ReleaseCondition}
-_EXPIRY_ACTIONS = {int(a): a for a in ExpiryAction}
-_STATUSES = {int(s): s for s in EscrowStatus}
 
 
 def _actor(principal: Principal) -> Actor:
@@ -70,12 +66,13 @@ class EscrowServicer(escrow_pb2_grpc.EscrowServiceServicer):
         token = fields.token("token", request.token)
         amount = fields.amount("amount", request.amount)
         expire_time_us = self._expire_time(fields, request)
-        condition = ReleaseCondition.PAYER_APPROVAL
-        if request.release_condition:
-            if request.release_condition not in _CONDITIONS:
-                fields.add("release_condition", "is not a ReleaseCondition")
-            else:
-                condition = _CONDITIONS[request.release_condition]
+        condition = fields.choice(
+            "release_condition",
+            request.release_condition,
+            ReleaseCondition,
+            ReleaseCondition.PAYER_APPROVAL,
+            "is not a ReleaseCondition",
+        )
         arbiter = fields.optional_address("arbiter", request.arbiter)
         if arbiter is not None and arbiter in (payer, payee):
             fields.add("arbiter", "must be neither the payer nor the payee")
@@ -89,18 +86,10 @@ class EscrowServicer(escrow_pb2_grpc.EscrowServiceServicer):
                 fields.add("verifier", "must not be the payee, who would attest its own work")
         elif request.verifier:
             fields.add("verifier", "is only for RELEASE_CONDITION_VERIFIER_ATTESTATION")
-        expiry_action = ExpiryAction.REFUND_PAYER
-        if request.expiry_action:
-            if request.expiry_action not in _EXPIRY_ACTIONS:
-                fields.add("expiry_action", "is not an ExpiryAction")
-            else:
-                expiry_action = _EXPIRY_ACTIONS[request.expiry_action]
-        priority = Priority.NORMAL
-        if request.priority:
-            if request.priority not in _PRIORITIES:
-                fields.add("priority", "must be PRIORITY_LOW, PRIORITY_NORMAL, PRIORITY_HIGH or PRIORITY_URGENT")
-            else:
-                priority = _PRIORITIES[request.priority]
+        expiry_action = fields.choice(
+            "expiry_action", request.expiry_action, ExpiryAction, ExpiryAction.REFUND_PAYER, "is not an ExpiryAction"
+        )
+        priority = fields.priority("priority", request.priority)
         metadata = fields.metadata("metadata", request.metadata)
         request_id = fields.request_id("request_id", request.request_id)
         fields.check()
@@ -159,16 +148,9 @@ class EscrowServicer(escrow_pb2_grpc.EscrowServiceServicer):
         payer = fields.optional_address("payer", request.payer)
         payee = fields.optional_address("payee", request.payee)
         task_id = fields.text("task_id", request.task_id, MAX_TASK_ID) or None
-        status = None
-        if request.status:
-            if request.status not in _STATUSES:
-                fields.add("status", "is not an EscrowStatus")
-            else:
-                status = _STATUSES[request.status]
+        status = fields.choice("status", request.status, EscrowStatus, None, "is not an EscrowStatus")
         fields.page_size(request.page_size)
-        cursor = pagination.decode_token(request.page_token, 1)
-        if cursor is not None and not (isinstance(cursor[0], str) and _ESCROW_ID.fullmatch(cursor[0])):
-            fields.add("page_token", "is not a token this server issued")
+        before = fields.id_cursor(request.page_token, _ESCROW_ID)
         fields.check()
         size = pagination.page_size(request.page_size)
         principal = current_principal()
@@ -179,7 +161,7 @@ class EscrowServicer(escrow_pb2_grpc.EscrowServiceServicer):
             status=status,
             visible_to=None if principal.reads_everything else principal.addresses,
         )
-        found = await self._reader.page(where, limit=size + 1, before=cursor[0] if cursor else None)
+        found = await self._reader.page(where, limit=size + 1, before=before)
         response = escrow_pb2.ListEscrowsResponse(escrows=[escrow_message(e) for e in found[:size]])
         if len(found) > size:
             response.next_page_token = pagination.encode_token([found[size - 1].escrow_id])

@@ -14,7 +14,7 @@ from agentflow_payments.v1 import common_pb2, payments_pb2, payments_pb2_grpc
 from ..auth import Principal, current_principal
 from ..engine.commands import CancelPayment, SubmitPayment
 from ..engine.engine import Engine
-from ..engine.model import Payment, PaymentKind, PaymentStatus, Priority
+from ..engine.model import Payment, PaymentKind, PaymentStatus
 from ..errors import ApiError, payment_not_found
 from ..ledger.batches import BatchReader
 from ..ledger.payments import PaymentFilter, PaymentReader
@@ -25,7 +25,6 @@ from .unimplemented import not_served
 from .validation import MAX_MEMO, MAX_REASON, MAX_TASK_ID, Fields, resource_id
 
 _PAYMENT_ID = re.compile(r"[0-9a-f]{22}")
-_PRIORITIES = {int(p): p for p in Priority}
 
 
 def _sees(principal: Principal) -> frozenset[str] | None:
@@ -71,12 +70,7 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
             fields.add("payee", "must differ from the payer")
         token = fields.token("token", request.token)
         amount = fields.amount("amount", request.amount)
-        priority = Priority.NORMAL
-        if request.priority:
-            if request.priority not in _PRIORITIES:
-                fields.add("priority", "must be PRIORITY_LOW, PRIORITY_NORMAL, PRIORITY_HIGH or PRIORITY_URGENT")
-            else:
-                priority = _PRIORITIES[request.priority]
+        priority = fields.priority("priority", request.priority)
         task_id = fields.text("task_id", request.task_id, MAX_TASK_ID, single_line=True)
         memo = fields.text("memo", request.memo, MAX_MEMO)
         metadata = fields.metadata("metadata", request.metadata)
@@ -154,16 +148,9 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
         task_id = fields.text("task_id", request.task_id, MAX_TASK_ID) or None
         listed = fields.token("token", request.token) if request.token else None
         token = listed.symbol if listed is not None else None
-        status = None
-        if request.status:
-            if request.status not in {int(s) for s in PaymentStatus}:
-                fields.add("status", "is not a PaymentStatus")
-            else:
-                status = PaymentStatus(request.status)
+        status = fields.choice("status", request.status, PaymentStatus, None, "is not a PaymentStatus")
         fields.page_size(request.page_size)
-        cursor = pagination.decode_token(request.page_token, 1)
-        if cursor is not None and not (isinstance(cursor[0], str) and _PAYMENT_ID.fullmatch(cursor[0])):
-            fields.add("page_token", "is not a token this server issued")
+        before = fields.id_cursor(request.page_token, _PAYMENT_ID)
         fields.check()
         size = pagination.page_size(request.page_size)
         where = PaymentFilter(
@@ -174,7 +161,7 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
             token=token,
             visible_to=_sees(current_principal()),
         )
-        found = await self._reader.page(where, limit=size + 1, before=cursor[0] if cursor else None)
+        found = await self._reader.page(where, limit=size + 1, before=before)
         response = payments_pb2.ListPaymentsResponse(payments=[payment_message(p) for p in found[:size]])
         if len(found) > size:
             response.next_page_token = pagination.encode_token([found[size - 1].payment_id])
@@ -204,8 +191,7 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
         payer = fields.address("payer", request.payer)
         token = fields.token("token", request.token)
         amount = fields.amount("amount", request.amount)
-        if request.priority and request.priority not in _PRIORITIES:
-            fields.add("priority", "must be PRIORITY_LOW, PRIORITY_NORMAL, PRIORITY_HIGH or PRIORITY_URGENT")
+        fields.priority("priority", request.priority)
         fields.check()
         assert token is not None
         principal = current_principal()

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Mapping
+from typing import TypeVar
 
 from agentflow_payments import FieldViolation, Reason
 
 from ..addresses import parse_address
 from ..amounts import parse_amount
+from ..engine.model import Priority
 from ..errors import ApiError
 from ..tokens import Token, TokenRegistry
+from .pagination import decode_token
 
 MAX_TASK_ID = 128
 MAX_MEMO = 512
@@ -22,6 +26,8 @@ MAX_REQUEST_ID = 64
 # Idempotency keys travel in logs and URLs: printable ASCII without spaces (a UUID fits).
 _REQUEST_ID = re.compile(r"[!-~]{1,64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+E = TypeVar("E", bound=enum.IntEnum)
+D = TypeVar("D")
 
 
 class Fields:
@@ -97,6 +103,38 @@ class Fields:
             if len(item) > MAX_METADATA_VALUE:
                 self.add(f"{field}[{key!r}]", f"values must be at most {MAX_METADATA_VALUE} characters")
         return tuple(sorted(value.items()))
+
+    def choice(self, field: str, value: int, kind: type[E], default: D, description: str) -> E | D:
+        """An enum field by number: ``default`` when unset (0), a violation saying ``description`` when the
+        number is not one of ``kind``'s."""
+        if not value:
+            return default
+        try:
+            return kind(value)
+        except ValueError:
+            self.add(field, description)
+            return default
+
+    def priority(self, field: str, value: int) -> Priority:
+        """A payment's priority, normal when unset."""
+        return self.choice(
+            field,
+            value,
+            Priority,
+            Priority.NORMAL,
+            "must be PRIORITY_LOW, PRIORITY_NORMAL, PRIORITY_HIGH or PRIORITY_URGENT",
+        )
+
+    def id_cursor(self, token: str, pattern: re.Pattern[str]) -> str | None:
+        """The resource id a page token carries (pages of resources by descending id); None on the first
+        page. A token this server did not issue is a violation of ``page_token``."""
+        cursor = decode_token(token, 1)
+        if cursor is None:
+            return None
+        if not (isinstance(cursor[0], str) and pattern.fullmatch(cursor[0])):
+            self.add("page_token", "is not a token this server issued")
+            return None
+        return cursor[0]
 
     def page_size(self, value: int) -> None:
         """Refuse a negative page size."""

@@ -709,15 +709,7 @@ class Engine:
         self._require_queue_room(group, symbol, "payments")
         fee = self.quote(command.payer, token, command.amount, command.batch_size, queued)
         debit = command.amount + fee.total
-        current = self._balances.get((command.payer, symbol))
-        available = current.available if current is not None else 0
-        if available < debit:
-            raise ApiError(
-                Reason.INSUFFICIENT_BALANCE,
-                f"{command.payer} has {available} {symbol} base units available; the payment needs {debit} "
-                f"(amount {command.amount} + fee {fee.total})",
-                metadata={"available": str(available), "required": str(debit), "fee": str(fee.total)},
-            )
+        self._require_available(command.payer, symbol, command.amount, fee.total, "payment")
         balance = self._balance(group, command.payer, symbol)
         balance.available -= debit
         balance.reserved += debit
@@ -737,29 +729,34 @@ class Engine:
             create_time_us=now_us,
             update_time_us=now_us,
         )
-        name = payment.name
-        write.new_payments.append(payment)
         write.transfer(
             TransferKind.PAYMENT_RESERVE,
             symbol,
             (command.payer, Bucket.AVAILABLE),
             (command.payer, Bucket.RESERVED),
             debit,
-            name,
+            payment.name,
         )
-        payload = payment_bytes(payment)
-        addresses = (payment.payer, payment.payee)
-        write.event("payment.created", name, addresses, payment.task_id, payload)
-        write.event("payment.queued", name, addresses, payment.task_id, payload)
+        self._queue_payment(group, payment)
         if command.request_id:
             key = (_payment_scope(command.payer), command.request_id)
-            _remember(group, key, request_hash, name)
+            _remember(group, key, request_hash, payment.name)
             group.payments[payment.payment_id] = payment
-        self._add_volume(group, command.payer, symbol, day_of(now_us), command.amount)
-        group.queued[symbol] += 1
+        return payment
+
+    def _queue_payment(self, group: _Group, payment: Payment) -> None:
+        """Stage an accepted payment, its money already reserved: its row, its created and queued events,
+        its payer's volume, and its place in the queue once the group commits."""
+        write = group.write
+        write.new_payments.append(payment)
+        payload = payment_bytes(payment)
+        addresses = (payment.payer, payment.payee)
+        write.event("payment.created", payment.name, addresses, payment.task_id, payload)
+        write.event("payment.queued", payment.name, addresses, payment.task_id, payload)
+        self._add_volume(group, payment.payer, payment.token, day_of(payment.create_time_us), payment.amount)
+        group.queued[payment.token] += 1
         group.pushes.append(payment)
         group.pushed_ids.add(payment.payment_id)
-        return payment
 
     def _withdraw(self, command: Withdraw, group: _Group) -> Payment:
         write = group.write
@@ -772,15 +769,7 @@ class Engine:
             if original is not None:
                 return original
         self._require_queue_room(group, symbol, "items")
-        current = self._balances.get((command.address, symbol))
-        available = current.available if current is not None else 0
-        if available < command.amount:
-            raise ApiError(
-                Reason.INSUFFICIENT_BALANCE,
-                f"{command.address} has {available} {symbol} base units available; the withdrawal needs "
-                f"{command.amount}",
-                metadata={"available": str(available), "required": str(command.amount), "fee": "0"},
-            )
+        self._require_available(command.address, symbol, command.amount, 0, "withdrawal")
         balance = self._balance(group, command.address, symbol)
         balance.available -= command.amount
         balance.reserved += command.amount
@@ -825,6 +814,18 @@ class Engine:
         group.pushes.append(withdrawal)
         group.pushed_ids.add(withdrawal.payment_id)
         return withdrawal
+
+    def _require_available(self, address: str, symbol: str, amount: int, fee: int, what: str) -> None:
+        """INSUFFICIENT_BALANCE unless ``address`` has ``amount + fee`` of the token available."""
+        current = self._balances.get((address, symbol))
+        available = current.available if current is not None else 0
+        if available < amount + fee:
+            detail = f" (amount {amount} + fee {fee})" if fee else ""
+            raise ApiError(
+                Reason.INSUFFICIENT_BALANCE,
+                f"{address} has {available} {symbol} base units available; the {what} needs {amount + fee}{detail}",
+                metadata={"available": str(available), "required": str(amount + fee), "fee": str(fee)},
+            )
 
     def _require_queue_room(self, group: _Group, symbol: str, what: str) -> None:
         """QUEUE_FULL unless the token's queue (committed, in flight and this group) has room for one more."""
@@ -1023,15 +1024,7 @@ class Engine:
         symbol = token.symbol
         fee = self.quote(command.payer, token, command.amount, 1, group.queued[symbol])
         debit = command.amount + fee.total
-        current = self._balances.get((command.payer, symbol))
-        available = current.available if current is not None else 0
-        if available < debit:
-            raise ApiError(
-                Reason.INSUFFICIENT_BALANCE,
-                f"{command.payer} has {available} {symbol} base units available; the escrow needs {debit} "
-                f"(amount {command.amount} + fee {fee.total})",
-                metadata={"available": str(available), "required": str(debit), "fee": str(fee.total)},
-            )
+        self._require_available(command.payer, symbol, command.amount, fee.total, "escrow")
         balance = self._balance(group, command.payer, symbol)
         balance.available -= debit
         balance.escrowed += debit
@@ -1206,7 +1199,6 @@ class Engine:
             update_time_us=now_us,
             escrow_id=escrow.escrow_id,
         )
-        write.new_payments.append(payment)
         write.transfer(
             TransferKind.ESCROW_RELEASE,
             symbol,
@@ -1215,15 +1207,8 @@ class Engine:
             debit,
             escrow.name,
         )
-        payload = payment_bytes(payment)
-        addresses = (payment.payer, payment.payee)
-        write.event("payment.created", payment.name, addresses, payment.task_id, payload)
-        write.event("payment.queued", payment.name, addresses, payment.task_id, payload)
-        self._add_volume(group, escrow.payer, symbol, day_of(now_us), amount)
+        self._queue_payment(group, payment)
         group.payments[payment.payment_id] = payment
-        group.queued[symbol] += 1
-        group.pushes.append(payment)
-        group.pushed_ids.add(payment.payment_id)
         escrow.released_amount += amount
         escrow.fee_charged += fee.total
         escrow.release_payments.append(payment.payment_id)

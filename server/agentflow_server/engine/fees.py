@@ -221,6 +221,16 @@ def batch_discount_bps(schedule: FeeSchedule, batch_size: int) -> int:
     return discount
 
 
+def _split(schedule: FeeSchedule, total: int) -> tuple[int, int, int, int, int]:
+    """``total`` and its platform, network, agent and staking parts: the first three are the floors of their
+    shares, and staking takes its own share plus the rounding remainder, so the parts sum to the total."""
+    platform_bps, network_bps, agent_bps, _ = schedule.split_bps
+    platform = total * platform_bps // BPS
+    network = total * network_bps // BPS
+    agent = total * agent_bps // BPS
+    return total, platform, network, agent, total - platform - network - agent
+
+
 def compute_fee(
     schedule: FeeSchedule,
     amount: int,
@@ -262,16 +272,8 @@ def compute_fee(
         base * (BPS + congestion_bps) * (BPS - volume_discount_bps) * (BPS - batch_discount_bps), BPS**3
     )
     total = max(adjusted, min_fee)
-    platform_bps, network_bps, agent_bps, _ = schedule.split_bps
-    platform = total * platform_bps // BPS
-    network = total * network_bps // BPS
-    agent = total * agent_bps // BPS
     return Fee(
-        total=total,
-        platform=platform,
-        network=network,
-        agent=agent,
-        staking=total - platform - network - agent,  # the share of staking plus the rounding remainder
+        *_split(schedule, total),
         base=base,
         rate_bps=schedule.rate_bps,
         congestion_adjustment_bps=congestion_bps,
@@ -299,17 +301,8 @@ def fee_share(schedule: FeeSchedule, fee: Fee, *, before: int, part: int, whole:
     def cut(value: int) -> int:
         return value * (before + part) // whole - value * before // whole
 
-    total = cut(fee.total)
-    platform_bps, network_bps, agent_bps, _ = schedule.split_bps
-    platform = total * platform_bps // BPS
-    network = total * network_bps // BPS
-    agent = total * agent_bps // BPS
     return Fee(
-        total=total,
-        platform=platform,
-        network=network,
-        agent=agent,
-        staking=total - platform - network - agent,
+        *_split(schedule, cut(fee.total)),
         base=cut(fee.base),
         rate_bps=fee.rate_bps,
         congestion_adjustment_bps=fee.congestion_adjustment_bps,

@@ -10,15 +10,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ..engine.fees import Fee
 from ..engine.model import Dispute, Escrow, EscrowStatus, ExpiryAction, Priority, ReleaseCondition
 from .database import Database
+from .payments import fee_columns, fee_from_row
 from .schema import escrows
 
 
 def escrow_row(escrow: Escrow) -> dict[str, Any]:
     """The row of an escrow (written whole: escrows change a handful of times in their life)."""
-    fee = escrow.fee
     dispute = escrow.dispute
     return {
         "escrow_id": escrow.escrow_id,
@@ -27,16 +26,7 @@ def escrow_row(escrow: Escrow) -> dict[str, Any]:
         "payee": escrow.payee,
         "token": escrow.token,
         "amount": escrow.amount,
-        "fee_total": fee.total,
-        "fee_platform": fee.platform,
-        "fee_network": fee.network,
-        "fee_agent": fee.agent,
-        "fee_staking": fee.staking,
-        "fee_base": fee.base,
-        "fee_rate_bps": fee.rate_bps,
-        "fee_congestion_bps": fee.congestion_adjustment_bps,
-        "fee_volume_bps": fee.volume_discount_bps,
-        "fee_batch_bps": fee.batch_discount_bps,
+        **fee_columns(escrow.fee),
         "release_condition": int(escrow.release_condition),
         "arbiter": escrow.arbiter,
         "verifier": escrow.verifier,
@@ -85,18 +75,7 @@ def escrow_from_row(row: Mapping[Any, Any]) -> Escrow:
         payee=row["payee"],
         token=row["token"],
         amount=row["amount"],
-        fee=Fee(
-            total=row["fee_total"],
-            platform=row["fee_platform"],
-            network=row["fee_network"],
-            agent=row["fee_agent"],
-            staking=row["fee_staking"],
-            base=row["fee_base"],
-            rate_bps=row["fee_rate_bps"],
-            congestion_adjustment_bps=row["fee_congestion_bps"],
-            volume_discount_bps=row["fee_volume_bps"],
-            batch_discount_bps=row["fee_batch_bps"],
-        ),
+        fee=fee_from_row(row),
         release_condition=ReleaseCondition(row["release_condition"]),
         arbiter=row["arbiter"],
         verifier=row["verifier"],

@@ -16,14 +16,9 @@ from .database import Database
 from .schema import payments
 
 
-def payment_row(payment: Payment) -> dict[str, Any]:
-    """The row of a payment."""
-    fee = payment.fee
+def fee_columns(fee: Fee) -> dict[str, Any]:
+    """The ``fee_*`` columns of a fee, as payments and escrows store it."""
     return {
-        "payer": payment.payer,
-        "payee": payment.payee,
-        "token": payment.token,
-        "amount": payment.amount,
         "fee_total": fee.total,
         "fee_platform": fee.platform,
         "fee_network": fee.network,
@@ -34,6 +29,33 @@ def payment_row(payment: Payment) -> dict[str, Any]:
         "fee_congestion_bps": fee.congestion_adjustment_bps,
         "fee_volume_bps": fee.volume_discount_bps,
         "fee_batch_bps": fee.batch_discount_bps,
+    }
+
+
+def fee_from_row(row: Mapping[Any, Any]) -> Fee:
+    """The fee a row's ``fee_*`` columns hold."""
+    return Fee(
+        total=row["fee_total"],
+        platform=row["fee_platform"],
+        network=row["fee_network"],
+        agent=row["fee_agent"],
+        staking=row["fee_staking"],
+        base=row["fee_base"],
+        rate_bps=row["fee_rate_bps"],
+        congestion_adjustment_bps=row["fee_congestion_bps"],
+        volume_discount_bps=row["fee_volume_bps"],
+        batch_discount_bps=row["fee_batch_bps"],
+    )
+
+
+def payment_row(payment: Payment) -> dict[str, Any]:
+    """The row of a payment."""
+    return {
+        "payer": payment.payer,
+        "payee": payment.payee,
+        "token": payment.token,
+        "amount": payment.amount,
+        **fee_columns(payment.fee),
         "priority": int(payment.priority),
         "task_id": payment.task_id,
         "memo": payment.memo,
@@ -82,18 +104,7 @@ def payment_from_row(row: Mapping[Any, Any]) -> Payment:
         payee=row["payee"],
         token=row["token"],
         amount=row["amount"],
-        fee=Fee(
-            total=row["fee_total"],
-            platform=row["fee_platform"],
-            network=row["fee_network"],
-            agent=row["fee_agent"],
-            staking=row["fee_staking"],
-            base=row["fee_base"],
-            rate_bps=row["fee_rate_bps"],
-            congestion_adjustment_bps=row["fee_congestion_bps"],
-            volume_discount_bps=row["fee_volume_bps"],
-            batch_discount_bps=row["fee_batch_bps"],
-        ),
+        fee=fee_from_row(row),
         priority=Priority(row["priority"]),
         status=PaymentStatus(row["status"]),
         task_id=row["task_id"],

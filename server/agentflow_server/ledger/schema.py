@@ -6,11 +6,23 @@ SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import BigInteger, Column, Integer, LargeBinary, MetaData, SmallInteger, String, Table, Text
 
 from .types import SERIAL_ID, Amount
 
 metadata = MetaData()
+
+
+def _fee_columns() -> list[Column[Any]]:
+    """A fee as payments and escrows store it: its total, four parts and base, and the rates applied."""
+    amounts = ("fee_total", "fee_platform", "fee_network", "fee_agent", "fee_staking", "fee_base")
+    rates = ("fee_rate_bps", "fee_congestion_bps", "fee_volume_bps", "fee_batch_bps")
+    return [Column(name, Amount, nullable=False) for name in amounts] + [
+        Column(name, Integer, nullable=False) for name in rates
+    ]
+
 
 api_keys = Table(
     "api_keys",
@@ -68,16 +80,7 @@ payments = Table(
     Column("payee", String(42), nullable=False),
     Column("token", String(16), nullable=False),
     Column("amount", Amount, nullable=False),
-    Column("fee_total", Amount, nullable=False),
-    Column("fee_platform", Amount, nullable=False),
-    Column("fee_network", Amount, nullable=False),
-    Column("fee_agent", Amount, nullable=False),
-    Column("fee_staking", Amount, nullable=False),
-    Column("fee_base", Amount, nullable=False),
-    Column("fee_rate_bps", Integer, nullable=False),
-    Column("fee_congestion_bps", Integer, nullable=False),
-    Column("fee_volume_bps", Integer, nullable=False),
-    Column("fee_batch_bps", Integer, nullable=False),
+    *_fee_columns(),
     Column("priority", SmallInteger, nullable=False),
     Column("status", SmallInteger, nullable=False),
     Column("task_id", String(128), nullable=False),
@@ -179,16 +182,7 @@ escrows = Table(
     Column("payee", String(42), nullable=False),
     Column("token", String(16), nullable=False),
     Column("amount", Amount, nullable=False),
-    Column("fee_total", Amount, nullable=False),
-    Column("fee_platform", Amount, nullable=False),
-    Column("fee_network", Amount, nullable=False),
-    Column("fee_agent", Amount, nullable=False),
-    Column("fee_staking", Amount, nullable=False),
-    Column("fee_base", Amount, nullable=False),
-    Column("fee_rate_bps", Integer, nullable=False),
-    Column("fee_congestion_bps", Integer, nullable=False),
-    Column("fee_volume_bps", Integer, nullable=False),
-    Column("fee_batch_bps", Integer, nullable=False),
+    *_fee_columns(),
     Column("release_condition", SmallInteger, nullable=False),
     Column("arbiter", String(42), nullable=True),
     Column("verifier", String(42), nullable=True),
