@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from agentflow_payments import AsyncClient, DeadlineExceeded, Unavailable
-from agentflow_payments.v1 import payments_pb2
+from agentflow_payments.v1 import escrow_pb2, payments_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNTS = 4
@@ -125,3 +125,89 @@ async def test_sigkill_loses_no_acknowledged_payment_and_half_writes_none(tmp_pa
         for _, _, payer, amount, fee in rows:
             debits[payer] += int(amount) + int(fee)
         assert {address: int(reserved) for address, _, reserved, _ in balances if int(reserved)} == dict(debits)
+
+
+async def test_sigkill_loses_no_acknowledged_escrow_step(tmp_path: Path) -> None:
+    process, ready = await _start(tmp_path)
+    accounts = list(ready["accounts"])  # type: ignore[call-overload]
+    created: dict[str, str] = {}  # request_id -> escrow name
+    releases: dict[str, str] = {}  # payment name -> escrow name, for acknowledged releases
+    enough = asyncio.Event()
+
+    async def hold_and_release_forever(client: AsyncClient, worker: int) -> None:
+        payer, payee = accounts[worker % ACCOUNTS], accounts[(worker + 1) % ACCOUNTS]
+        try:
+            while True:
+                request_id = str(uuid.uuid4())
+                escrow = (
+                    await client.escrows.CreateEscrow(
+                        escrow_pb2.CreateEscrowRequest(
+                            task_id=f"task-{request_id}",
+                            payer=payer,
+                            payee=payee,
+                            token="USDC",
+                            amount="3000000",
+                            request_id=request_id,
+                        )
+                    )
+                ).escrow
+                created[request_id] = escrow.name
+                for amount in ("1000000", ""):
+                    released = await client.escrows.ReleaseEscrow(
+                        escrow_pb2.ReleaseEscrowRequest(name=escrow.name, amount=amount)
+                    )
+                    releases[released.payment.name] = escrow.name
+                if len(created) + len(releases) >= 300:
+                    enough.set()
+        except (Unavailable, DeadlineExceeded):
+            return  # the server is gone
+
+    try:
+        async with AsyncClient(str(ready["target"]), str(ready["admin_key"]), timeout=5) as client:
+            workers = [asyncio.create_task(hold_and_release_forever(client, w)) for w in range(8)]
+            waiting = asyncio.create_task(enough.wait())
+            await asyncio.wait([waiting, *workers], timeout=60, return_when=asyncio.FIRST_COMPLETED)
+            assert enough.is_set(), [w.exception() for w in workers if w.done()]
+            process.send_signal(signal.SIGKILL)
+            await asyncio.wait_for(asyncio.gather(*workers), 30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        await _wait(process)
+    assert process.returncode == -signal.SIGKILL
+
+    process, ready = await _start(tmp_path)
+    try:
+        async with AsyncClient(str(ready["target"]), str(ready["admin_key"])) as client:
+            for request_id, name in created.items():
+                escrow = (await client.escrows.GetEscrow(escrow_pb2.GetEscrowRequest(name=name))).escrow
+                assert escrow.request_id == request_id
+            for payment_name, escrow_name in releases.items():
+                payment = (await client.payments.GetPayment(payments_pb2.GetPaymentRequest(name=payment_name))).payment
+                assert payment.escrow == escrow_name
+                escrow = (await client.escrows.GetEscrow(escrow_pb2.GetEscrowRequest(name=escrow_name))).escrow
+                assert payment_name in escrow.release_payments
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await _wait(process) == 0
+
+    with sqlite3.connect(tmp_path / "agentflow.db") as db:
+        # Each escrow once; what it released is exactly the payments naming it, and what it still holds
+        # (with the rest of its fee) is its payer's escrowed balance.
+        escrows = db.execute(
+            "SELECT escrow_id, request_id, payer, amount, fee_total, released_amount, fee_charged FROM escrows"
+        ).fetchall()
+        assert len({request_id for _, request_id, *_ in escrows}) == len(escrows)
+        assert set(created) <= {request_id for _, request_id, *_ in escrows}
+        released: dict[str, int] = defaultdict(int)
+        for escrow_id, amount in db.execute("SELECT escrow_id, amount FROM payments WHERE escrow_id IS NOT NULL"):
+            released[escrow_id] += int(amount)
+        held: dict[str, int] = defaultdict(int)
+        for escrow_id, _, payer, amount, fee, released_amount, fee_charged in escrows:
+            assert released[escrow_id] == int(released_amount)
+            held[payer] += int(amount) - int(released_amount) + int(fee) - int(fee_charged)
+        balances = db.execute("SELECT address, available, reserved, escrowed FROM accounts").fetchall()
+        assert sum(int(a) + int(r) + int(e) for _, a, r, e in balances) == ACCOUNTS * DEPOSIT
+        assert {address: int(escrowed) for address, _, _, escrowed in balances if int(escrowed)} == {
+            payer: amount for payer, amount in held.items() if amount
+        }
