@@ -20,7 +20,7 @@ import sys
 
 from eth_utils.address import to_checksum_address
 
-from agentflow_server.app import Service
+from agentflow_server.app import Service, freeze_startup_heap
 from agentflow_server.config import load_settings
 from agentflow_server.engine.commands import CreditDeposit
 from agentflow_server.logs import configure_logging
@@ -72,6 +72,7 @@ async def main() -> None:
             for address in addresses
         ]
     )
+    freeze_startup_heap()  # as `agentflow serve` does once started
     host = settings.listen.rpartition(":")[0]
     ready = {
         "target": f"{host}:{service.endpoints.grpc_port}",
