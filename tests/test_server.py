@@ -123,7 +123,7 @@ async def test_errors_are_rich_statuses_on_the_wire(server: RunningServer) -> No
 
 
 async def test_methods_of_later_issues_answer_unimplemented_with_a_reason(server: RunningServer) -> None:
-    from agentflow_payments.v1 import events_pb2, webhooks_pb2
+    from agentflow_payments.v1 import webhooks_pb2
 
     async with server.client() as client:
         calls = [
@@ -134,10 +134,7 @@ async def test_methods_of_later_issues_answer_unimplemented_with_a_reason(server
             with pytest.raises(Unimplemented) as caught:
                 await call
             assert caught.value.reason is Reason.NOT_IMPLEMENTED
-        with pytest.raises(Unimplemented) as stream:
-            async for _ in client.events.SubscribeEvents(events_pb2.SubscribeEventsRequest()):
-                pass
-        assert stream.value.metadata == {"method": "EventService.SubscribeEvents"}
+            assert caught.value.metadata["method"].startswith("WebhookService.")
 
 
 async def test_a_second_server_on_the_same_port_fails_loudly(

@@ -26,7 +26,6 @@ from agentflow_payments.v1 import (
     escrow_pb2,
     escrow_pb2_grpc,
     events_pb2,
-    events_pb2_grpc,
     payments_pb2,
     payments_pb2_grpc,
     webhooks_pb2,
@@ -36,7 +35,7 @@ from agentflow_payments.v1 import (
 from .api.accounts import AccountServicer, DepositTarget
 from .api.admin import AdminServicer
 from .api.escrow import EscrowServicer
-from .api.events import EventServicer
+from .api.events import EventServicer, add_event_service
 from .api.interceptors import AuthInterceptor, ErrorInterceptor
 from .api.payments import PaymentServicer
 from .api.webhooks import WebhookServicer
@@ -49,6 +48,7 @@ from .config import Settings
 from .engine.engine import Engine, EngineConfig
 from .engine.expiry import ExpiryTimer
 from .engine.fees import FeeSchedule
+from .events import EventHub
 from .ledger import Database
 from .ledger.accounts import AccountReader
 from .ledger.api_keys import ApiKeyStore
@@ -112,6 +112,7 @@ class Service:
         metrics_http: Any,
         chain: ChainRuntime | None = None,
         expiry: ExpiryTimer | None = None,
+        hub: EventHub | None = None,
     ) -> None:
         self.settings = settings
         self.database = database
@@ -123,6 +124,7 @@ class Service:
         self._metrics_http = metrics_http
         self.chain = chain
         self.expiry = expiry
+        self.hub = hub
         self.clock = engine.clock
         self.keys: ApiKeyRegistry | None = None
         self._stopped = False
@@ -187,8 +189,10 @@ class Service:
             options=_SERVER_OPTIONS,
         )
         batches = BatchReader(database)
+        hub = EventHub(database, max_backlog=settings.event_subscriber_backlog)
+        engine.add_commit_listener(hub.committed)
         payments_pb2_grpc.add_PaymentServiceServicer_to_server(
-            PaymentServicer(engine, PaymentReader(database), batches, settings.max_bulk_size), server
+            PaymentServicer(engine, PaymentReader(database), batches, hub, settings.max_bulk_size), server
         )
         escrow_pb2_grpc.add_EscrowServiceServicer_to_server(
             EscrowServicer(
@@ -200,7 +204,7 @@ class Service:
             server,
         )
         webhooks_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(), server)
-        events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(), server)
+        add_event_service(server, EventServicer(hub, database, tokens, engine.clock, settings.event_heartbeat_interval))
         deposits = (
             DepositTarget(chain.identity.chain_id, chain.identity.contract, settings.confirmations)
             if chain is not None
@@ -235,6 +239,7 @@ class Service:
                 raise StartupError(f"cannot serve metrics on {settings.metrics_listen}: {error}") from error
             metrics_port = metrics_http.server_port
         await engine.start()
+        await hub.start()
         expiry = ExpiryTimer(engine, engine.deadlines, engine.clock)
         expiry.start()
         runtime: ChainRuntime | None = None
@@ -247,6 +252,7 @@ class Service:
                 )
             except Exception as error:
                 await expiry.stop()
+                await hub.stop()
                 await engine.stop()
                 await _close(database, chain)
                 raise StartupError(str(error)) from error
@@ -259,7 +265,7 @@ class Service:
             extra={"event": "server.started", "grpc_port": port, "metrics_port": metrics_port},
         )
         service = cls(
-            settings, database, engine, server, health_servicer, metrics, endpoints, metrics_http, runtime, expiry
+            settings, database, engine, server, health_servicer, metrics, endpoints, metrics_http, runtime, expiry, hub
         )
         service.keys = registry
         return service
@@ -271,7 +277,12 @@ class Service:
             return
         self._stopped = True
         await self.health.enter_graceful_shutdown()
+        if self.hub is not None:
+            # Event streams never end by themselves: end them now, so that they do not hold the grace.
+            self.hub.shut_down()
         await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
+        if self.hub is not None:
+            await self.hub.stop()
         if self.chain is not None:
             # Before the engine: the stage hands it commands. A batch under way is finished at next start.
             await self.chain.stop()

@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     escrow_max_expiry: float = Field(
         90 * 86_400.0, gt=0, description="the furthest in the future, in seconds, an escrow's expiry may be set"
     )
+    event_heartbeat_interval: float = Field(
+        15.0, gt=0, description="seconds an idle event stream waits before it sends a heartbeat"
+    )
+    event_subscriber_backlog: int = Field(
+        10_000, ge=1, description="live events a stream may fall behind before it is ended as too slow"
+    )
     settlement_enabled: bool = Field(
         True, description="settle on chain and credit deposits; off for a replica that only accepts payments"
     )

@@ -7,10 +7,11 @@ from collections.abc import Iterable
 
 from google.protobuf import timestamp_pb2
 
-from agentflow_payments.v1 import accounts_pb2, common_pb2, escrow_pb2, payments_pb2
+from agentflow_payments.v1 import accounts_pb2, common_pb2, escrow_pb2, events_pb2, payments_pb2
 
 from .engine.fees import Fee
 from .engine.model import Batch, Deposit, Escrow, Payment, PaymentStatus
+from .ledger.events import StoredEvent
 
 
 def timestamp(time_us: int) -> timestamp_pb2.Timestamp:
@@ -232,3 +233,48 @@ def escrow_message(escrow: Escrow) -> escrow_pb2.Escrow:
         if dispute.resolve_time_us is not None:
             message.dispute.resolve_time.CopyFrom(timestamp(dispute.resolve_time_us))
     return message
+
+
+# Event.data's field number for each event family: the log's payload is that message, serialized.
+_EVENT_DATA_FIELD = {"payment": 10, "escrow": 11, "batch": 12, "deposit": 13, "withdrawal": 14, "webhook": 15}
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field_bytes(number: int, data: bytes) -> bytes:
+    """A length-delimited field (a message or bytes), as protobuf encodes it."""
+    return _varint(number << 3 | 2) + _varint(len(data)) + data
+
+
+def event_bytes(event: StoredEvent) -> bytes:
+    """The serialized v1 ``Event``: its header, then the stored payload as its ``data`` field.
+
+    Built from bytes: the payload is stored serialized, and a stream sends the same event to every
+    subscriber, so it is neither parsed nor serialized again.
+    """
+    header = events_pb2.Event(
+        sequence=event.sequence,
+        type=event.type,
+        create_time=timestamp(event.create_time_us),
+        resource=event.resource,
+        addresses=event.addresses,
+        task_id=event.task_id,
+    ).SerializeToString()
+    return header + _field_bytes(_EVENT_DATA_FIELD[event.type.partition(".")[0]], event.payload)
+
+
+def event_message(event: StoredEvent) -> events_pb2.Event:
+    """An event as the API shows it."""
+    return events_pb2.Event.FromString(event_bytes(event))
+
+
+def subscribe_response_bytes(event: StoredEvent) -> bytes:
+    """The serialized ``SubscribeEventsResponse`` carrying one event."""
+    return _field_bytes(1, event_bytes(event))

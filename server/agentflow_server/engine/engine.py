@@ -215,6 +215,11 @@ class Engine:
         # Bumped after a failed commit; writes of older epochs queued behind it refuse (see _write).
         self._epoch = 0
         self._failed_epoch = -1
+        self._commit_listeners: list[Callable[[], None]] = []
+
+    def add_commit_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after each commit that wrote events (the event hub reads them then)."""
+        self._commit_listeners.append(listener)
 
     # -- life cycle ---------------------------------------------------------------------------------
 
@@ -465,6 +470,9 @@ class Engine:
                 )
         if group.new_deadlines:
             self.deadlines.add(group.new_deadlines)
+        if group.write.events:
+            for listener in self._commit_listeners:
+                listener()
         self._answer(group)
 
     def _record_activity(self, group: _Group) -> None:

@@ -1,0 +1,151 @@
+"""Following the event log live, and handing each new event to every subscriber that wants it.
+
+One task reads what each commit added to the log (the engine says when) and puts each event, serialized
+once, into the queue of every subscriber whose filter matches. Putting never waits: a subscriber whose
+queue is full is marked too slow and dropped from the hub, so one slow reader never holds up the engine
+or another reader. A subscription remembers the head of the log when it joined: the log up to there is
+the subscriber's to replay from the database, and everything after comes through its queue, so the seam
+has no gap and no duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+
+from ..ledger import Database, StorageError
+from ..ledger.events import StoredEvent, head_sequence, load_events
+from ..wire import subscribe_response_bytes
+from .filter import EventFilter
+
+log = logging.getLogger("agentflow.events")
+
+_PAGE = 1000
+
+
+class Subscription:
+    """One subscriber's place in the hub: the live events it matched, and whether it fell behind."""
+
+    def __init__(self, hub: EventHub, where: EventFilter, joined_at: int, max_backlog: int) -> None:
+        self.where = where
+        self.joined_at = joined_at
+        """The head of the log when it joined: later events come through the queue."""
+        self.too_slow = False
+        self.shutting_down = False
+        self._hub = hub
+        self._max_backlog = max_backlog
+        self._queue: collections.deque[tuple[StoredEvent, bytes]] = collections.deque()
+        self._ready = asyncio.Event()
+
+    def offer(self, event: StoredEvent, response: bytes) -> None:
+        """Queue a live event (the hub's call); past the backlog, the subscription is too slow instead."""
+        if len(self._queue) >= self._max_backlog:
+            self.too_slow = True
+            self._hub.unsubscribe(self)
+        else:
+            self._queue.append((event, response))
+        self._ready.set()
+
+    async def next(self, wait: float | None) -> tuple[StoredEvent, bytes] | None:
+        """The next live event, or None after ``wait`` seconds without one (or once too slow)."""
+        while not self._queue and not self.too_slow and not self.shutting_down:
+            self._ready.clear()
+            try:
+                async with asyncio.timeout(wait):
+                    await self._ready.wait()
+            except TimeoutError:
+                return None
+        if self.too_slow or self.shutting_down:
+            return None
+        return self._queue.popleft()
+
+    def end(self) -> None:
+        """The server is shutting down: wake the subscriber, who ends its stream."""
+        self.shutting_down = True
+        self._ready.set()
+
+    def close(self) -> None:
+        """Leave the hub."""
+        self._hub.unsubscribe(self)
+
+
+class EventHub:
+    """Follows the log and fans its new events out. Start with :meth:`start`, stop with :meth:`stop`."""
+
+    def __init__(self, database: Database, max_backlog: int = 10_000, poll_interval: float = 1.0) -> None:
+        self._database = database
+        self.max_backlog = max_backlog
+        self._poll_interval = poll_interval
+        self._subscriptions: set[Subscription] = set()
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.head = 0
+        """The newest sequence handed out to the subscribers."""
+
+    async def start(self) -> None:
+        """Start from the log's current head."""
+        async with self._database.connect() as connection:
+            self.head = await connection.run_sync(head_sequence)
+        self._task = asyncio.create_task(self._follow(), name="agentflow-event-hub")
+
+    async def stop(self) -> None:
+        """Stop following; subscribers see no more live events."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def shut_down(self) -> None:
+        """End every subscription (the server is stopping; clients resume elsewhere or later)."""
+        for subscription in list(self._subscriptions):
+            subscription.end()
+        self._subscriptions.clear()
+
+    def committed(self) -> None:
+        """The engine committed new events: read them."""
+        self._changed.set()
+
+    def subscribe(self, where: EventFilter) -> Subscription:
+        """Join: live events after the current head that match ``where`` come through the subscription."""
+        subscription = Subscription(self, where, self.head, self.max_backlog)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        """Leave (again is harmless)."""
+        self._subscriptions.discard(subscription)
+
+    @property
+    def subscribers(self) -> int:
+        """How many subscriptions are live."""
+        return len(self._subscriptions)
+
+    async def _follow(self) -> None:
+        while True:
+            # The engine's word after each commit; the poll covers a notification lost in a race.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._poll_interval):
+                    await self._changed.wait()
+            self._changed.clear()
+            try:
+                while await self._read_more():
+                    pass
+            except StorageError as error:
+                log.warning("event log not read: %s", error)
+
+    async def _read_more(self) -> bool:
+        """Hand out the next page of new events; whether a full page came (more may follow)."""
+        async with self._database.connect() as connection:
+            found = await connection.run_sync(load_events, self.head, _PAGE)
+        for event in found:
+            response: bytes | None = None  # serialized once, for the first subscriber that wants it
+            for subscription in list(self._subscriptions):
+                if subscription.where.matches(event):
+                    if response is None:
+                        response = subscribe_response_bytes(event)
+                    subscription.offer(event, response)
+            self.head = event.sequence
+        return len(found) == _PAGE

@@ -1,0 +1,65 @@
+"""The event log in the database: what every stream, listing and (later) webhook reads.
+
+The engine writes events in the transaction of the change they record; sequence numbers come from the
+database and, with one writer, grow in commit order. So "every event after N" read after a commit is
+complete: no event with a smaller number can appear later.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from .schema import events
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One event as the log holds it: its header and the serialized resource after the change."""
+
+    sequence: int
+    type: str
+    create_time_us: int
+    resource: str
+    addresses: tuple[str, ...]
+    task_id: str
+    payload: bytes
+
+
+def load_events(
+    connection: Connection,
+    after: int,
+    limit: int,
+    *,
+    resource: str | None = None,
+    task_id: str | None = None,
+) -> list[StoredEvent]:
+    """Up to ``limit`` events with a sequence above ``after``, oldest first; ``resource`` and ``task_id``
+    narrow them in SQL (the other filters are the caller's)."""
+    c = events.c
+    query = sa.select(events).where(c.sequence > after)
+    if resource is not None:
+        query = query.where(c.resource == resource)
+    if task_id is not None:
+        query = query.where(c.task_id == task_id)
+    rows = connection.execute(query.order_by(c.sequence).limit(limit))
+    return [
+        StoredEvent(
+            sequence=row.sequence,
+            type=row.type,
+            create_time_us=row.create_time_us,
+            resource=row.resource,
+            addresses=tuple(json.loads(row.addresses)),
+            task_id=row.task_id,
+            payload=row.payload,
+        )
+        for row in rows
+    ]
+
+
+def head_sequence(connection: Connection) -> int:
+    """The newest sequence in the log; 0 when it is empty."""
+    return int(connection.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.sequence), 0))).scalar_one())
