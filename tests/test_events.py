@@ -298,3 +298,41 @@ async def test_watch_payment_follows_a_payment_to_completed_on_chain(embedded: R
     assert statuses[-1] == payments_pb2.PAYMENT_STATUS_COMPLETED
     assert statuses == sorted(set(statuses))  # each state once, in order
     assert states[-1].settlement.transaction_hash.startswith("0x")
+
+
+async def test_the_sdk_subscription_resumes_across_a_restart_without_gap_or_duplicate(
+    start_server: StartServer,
+) -> None:
+    from .anvil import free_port
+
+    listen = f"127.0.0.1:{free_port()}"
+    server = await start_server(listen=listen, event_heartbeat_interval=0.2)
+    fund = _funder(server)
+    await fund(ALICE, 1_000 * USDC)
+    received: list[events_pb2.Event] = []
+    four = asyncio.Event()
+    async with AsyncClient(listen, ADMIN_KEY) as client:
+
+        async def follow() -> None:
+            async for event in client.subscribe_events(events_pb2.EventFilter(types=["payment.queued"])):
+                received.append(event)
+                if len(received) == 4:
+                    four.set()
+                if len(received) == 10:
+                    return
+
+        following = asyncio.create_task(follow())
+        async with server.client() as admin:
+            for _ in range(4):
+                await admin.payments.SubmitPayment(pay())
+        await asyncio.wait_for(four.wait(), 10)
+        await server.service.stop()
+        # While the server is down, the subscription keeps trying; it comes back on the same ledger.
+        again = await start_server(listen=listen, event_heartbeat_interval=0.2)
+        async with again.client() as admin:
+            for _ in range(6):
+                await admin.payments.SubmitPayment(pay())
+        await asyncio.wait_for(following, 20)
+    async with again.client() as admin:
+        listed = await all_events(admin, types=["payment.queued"])
+    assert [e.sequence for e in received] == [e.sequence for e in listed]

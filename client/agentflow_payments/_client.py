@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -9,11 +10,12 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc.aio import ClientCallDetails
 
-from ._exceptions import from_rpc_error
+from ._exceptions import SubscriberTooSlow, Unavailable, from_rpc_error
 from .v1 import (
     accounts_pb2_grpc,
     admin_pb2_grpc,
     escrow_pb2_grpc,
+    events_pb2,
     events_pb2_grpc,
     payments_pb2_grpc,
     webhooks_pb2_grpc,
@@ -128,6 +130,47 @@ class AsyncClient:
         self.events = events_pb2_grpc.EventServiceStub(self.channel)
         self.accounts = accounts_pb2_grpc.AccountServiceStub(self.channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
+
+    async def subscribe_events(
+        self,
+        filter: events_pb2.EventFilter | None = None,
+        *,
+        start_after: int = 0,
+        live_only: bool = False,
+        max_backoff: float = 5.0,
+    ) -> AsyncIterator[events_pb2.Event]:
+        """The events matching ``filter`` after ``start_after`` (from now with ``live_only``), then live, for
+        as long as the caller iterates.
+
+        When the stream breaks (the server restarts or is unreachable, or ends it as too slow), it
+        reconnects with growing pauses up to ``max_backoff`` seconds and resumes after the last event it
+        yielded: no event is skipped or yielded twice. Heartbeats are consumed here; an idle heartbeat
+        moves the cursor to the log's head, so a resume does not replay what the filter passed over.
+        Other errors (a bad filter, a key that may not) are raised.
+        """
+        last = start_after
+        # With live_only the cursor is unknown until the first event or heartbeat: a reconnect before that
+        # starts from "now" again.
+        known = not live_only
+        pause = 0.1
+        while True:
+            request = events_pb2.SubscribeEventsRequest(start_after=last, live_only=not known)
+            if filter is not None:
+                request.filter.CopyFrom(filter)
+            try:
+                async for response in self.events.SubscribeEvents(request):
+                    pause = 0.1
+                    if response.HasField("event"):
+                        if known and response.event.sequence <= last:
+                            continue
+                        last, known = response.event.sequence, True
+                        yield response.event
+                    else:
+                        last, known = max(last, response.heartbeat.head_sequence), True
+            except (Unavailable, SubscriberTooSlow):
+                pass
+            await asyncio.sleep(pause)
+            pause = min(max_backoff, pause * 2)
 
     async def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
