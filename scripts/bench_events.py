@@ -1,0 +1,140 @@
+"""The event part of the benchmark: many live subscribers, every event to each, and how late it arrives.
+
+Against a running funded server (``scripts/funded_server.py``), opens ``subscribers`` SubscribeEvents streams
+(``payment.*`` events, live) spread over several channels, then accepts ``payments`` payments in
+SubmitPayments calls of 100 and waits until every subscriber has every event. Reports whether any event was
+lost or repeated, and the delivery lag (arrival at the subscriber minus the event's commit time, as the
+server recorded it) over every delivery.
+
+Run alone: ``python scripts/bench_events.py [subscribers] [payments]``, which starts its own server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from agentflow_payments.v1 import events_pb2, events_pb2_grpc, payments_pb2, payments_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+_STREAMS_PER_CHANNEL = 100
+
+
+def _percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+async def measure_events(ready: dict[str, Any], subscribers: int = 1_000, payments: int = 10_000) -> dict[str, Any]:
+    """``subscribers`` live streams of every payment event while ``payments`` payments are accepted."""
+    accounts: list[str] = ready["accounts"]
+    metadata = (("authorization", f"Bearer {ready['admin_key']}"),)
+    expected = 2 * payments  # payment.created and payment.queued (this server does not settle)
+    channels = [grpc.aio.insecure_channel(ready["target"]) for _ in range(-(-subscribers // _STREAMS_PER_CHANNEL))]
+    lags: list[float] = []
+    counts = [0] * subscribers
+    broken = [0] * subscribers  # deliveries out of sequence order (a duplicate or a step back)
+    done = asyncio.Event()
+    finished = 0
+    joined = 0
+    all_joined = asyncio.Event()
+
+    async def subscriber(index: int) -> None:
+        nonlocal finished, joined
+        stub = events_pb2_grpc.EventServiceStub(channels[index // _STREAMS_PER_CHANNEL])
+        request = events_pb2.SubscribeEventsRequest(filter=events_pb2.EventFilter(types=["payment.*"]), live_only=True)
+        last = 0
+        sample = index % 10 == 0  # every tenth subscriber's lags: enough for percentiles, cheaper to collect
+        call = stub.SubscribeEvents(request, metadata=metadata)
+        await call.wait_for_connection()
+        joined += 1
+        if joined == subscribers:
+            all_joined.set()
+        async for response in call:
+            if not response.HasField("event"):
+                continue
+            event = response.event
+            if sample:
+                created = event.create_time.seconds + event.create_time.nanos / 1e9
+                lags.append(time.time() - created)
+            if event.sequence <= last:
+                broken[index] += 1
+            last = event.sequence
+            counts[index] += 1
+            if counts[index] == expected:
+                finished += 1
+                if finished == subscribers:
+                    done.set()
+                call.cancel()
+                return
+
+    tasks = [asyncio.create_task(subscriber(i)) for i in range(subscribers)]
+    await asyncio.wait_for(all_joined.wait(), 120)
+    await asyncio.sleep(1.0)  # every stream registered with the hub (a connected stream may still be joining)
+    async with grpc.aio.insecure_channel(ready["target"]) as channel:
+        stub = payments_pb2_grpc.PaymentServiceStub(channel)
+        started = time.perf_counter()
+        for call in range(payments // 100):
+            requests = [
+                payments_pb2.SubmitPaymentRequest(
+                    payer=accounts[(call + i) % len(accounts)],
+                    payee=accounts[(call + i + 1) % len(accounts)],
+                    token="USDC",
+                    amount="1000000",
+                )
+                for i in range(100)
+            ]
+            await stub.SubmitPayments(payments_pb2.SubmitPaymentsRequest(requests=requests), metadata=metadata)
+        submit_seconds = time.perf_counter() - started
+    try:
+        await asyncio.wait_for(done.wait(), 1800)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for channel in channels:
+            await channel.close()
+    deliver_seconds = time.perf_counter() - started
+    return {
+        "subscribers": subscribers,
+        "events_each": expected,
+        "deliveries": sum(counts),
+        "lost": subscribers * expected - sum(counts),
+        "out_of_order": sum(broken),
+        "submit_seconds": round(submit_seconds, 1),
+        "all_delivered_seconds": round(deliver_seconds, 1),
+        "deliveries_per_s": round(sum(counts) / deliver_seconds),
+        "lag_p50_ms": round(statistics.median(lags) * 1000, 1),
+        "lag_p99_ms": round(_percentile(lags, 0.99) * 1000, 1),
+        "lag_max_ms": round(max(lags) * 1000, 1),
+    }
+
+
+async def _main(subscribers: int, payments: int) -> None:
+    from bench import start_server  # bench imports this module; this one needs bench only when run alone
+
+    with tempfile.TemporaryDirectory(prefix="agentflow-bench-events-") as data_dir:
+        process, ready = await start_server(data_dir)
+        try:
+            result = await measure_events(ready, subscribers, payments)
+        finally:
+            process.terminate()
+            await process.wait()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT / "scripts"))
+    os.chdir(ROOT)
+    asyncio.run(
+        _main(int(sys.argv[1]) if len(sys.argv) > 1 else 1_000, int(sys.argv[2]) if len(sys.argv) > 2 else 10_000)
+    )
