@@ -87,7 +87,7 @@ class EventServicer:
     ) -> AsyncIterator[bytes]:
         """The log after ``start_after``, then live; serialized SubscribeEventsResponse messages."""
         where = event_filter(self._tokens, request.filter)
-        subscription = self._hub.subscribe(where)
+        subscription = await self._hub.subscribe(where)
         try:
             joined = subscription.joined_at
             last = request.start_after

@@ -211,7 +211,7 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
         payment_id = resource_id(fields, "name", request.name, "payments", _PAYMENT_ID)
         fields.check()
         # Joined before the read: a change committed after it comes live, one before it is in the read.
-        subscription = self._hub.subscribe(EventFilter(resource=request.name))
+        subscription = await self._hub.subscribe(EventFilter(resource=request.name))
         try:
             payment = await self._reader.get(payment_id)
             if payment is None or payment.kind is not PaymentKind.PAYMENT or not _visible(current_principal(), payment):

@@ -108,8 +108,13 @@ class EventHub:
         """The engine committed new events: read them."""
         self._changed.set()
 
-    def subscribe(self, where: EventFilter) -> Subscription:
+    async def subscribe(self, where: EventFilter) -> Subscription:
         """Join: live events after the current head that match ``where`` come through the subscription."""
+        if not self._subscriptions:
+            # Nobody was listening, so the hub did not read the log: its head is behind. Whatever commits
+            # after this read is read and handed out once the subscription is in.
+            async with self._database.connect() as connection:
+                self.head = max(self.head, await connection.run_sync(head_sequence))
         subscription = Subscription(self, where, self.head, self.max_backlog)
         self._subscriptions.add(subscription)
         return subscription
@@ -130,6 +135,8 @@ class EventHub:
                 async with asyncio.timeout(self._poll_interval):
                     await self._changed.wait()
             self._changed.clear()
+            if not self._subscriptions:
+                continue  # nobody to hand events to: the log is not read (a subscriber reads the head)
             try:
                 while await self._read_more():
                     pass
@@ -141,6 +148,8 @@ class EventHub:
         async with self._database.connect() as connection:
             found = await connection.run_sync(load_events, self.head, _PAGE)
         for event in found:
+            if event.sequence <= self.head:
+                continue  # a subscriber moved the head past it while this page was read
             response: bytes | None = None  # serialized once, for the first subscriber that wants it
             for subscription in list(self._subscriptions):
                 if subscription.where.matches(event):
