@@ -3,8 +3,8 @@
 Against a running funded server (``scripts/funded_server.py``), opens ``subscribers`` SubscribeEvents streams
 (``payment.*`` events, live) spread over several channels, then accepts ``payments`` payments in
 SubmitPayments calls of 100 and waits until every subscriber has every event. Reports whether any event was
-lost or repeated, and the delivery lag (arrival at the subscriber minus the event's commit time, as the
-server recorded it) over every delivery.
+lost or repeated, the delivery lag (arrival at the subscriber minus the event's commit time, as the server
+recorded it; every tenth subscriber's deliveries), and the server's CPU time per delivery.
 
 Run alone: ``python scripts/bench_events.py [subscribers] [payments]``, which starts its own server.
 """
@@ -27,6 +27,12 @@ from agentflow_payments.v1 import events_pb2, events_pb2_grpc, payments_pb2, pay
 
 ROOT = Path(__file__).resolve().parent.parent
 _STREAMS_PER_CHANNEL = 100
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _percentile(values: list[float], p: float) -> float:
@@ -82,6 +88,7 @@ async def measure_events(ready: dict[str, Any], subscribers: int = 1_000, paymen
     await asyncio.sleep(1.0)  # every stream registered with the hub (a connected stream may still be joining)
     async with grpc.aio.insecure_channel(ready["target"]) as channel:
         stub = payments_pb2_grpc.PaymentServiceStub(channel)
+        server_cpu = _cpu_seconds(int(ready["pid"]))
         started = time.perf_counter()
         for call in range(payments // 100):
             requests = [
@@ -104,6 +111,7 @@ async def measure_events(ready: dict[str, Any], subscribers: int = 1_000, paymen
         for channel in channels:
             await channel.close()
     deliver_seconds = time.perf_counter() - started
+    server_cpu = _cpu_seconds(int(ready["pid"])) - server_cpu
     return {
         "subscribers": subscribers,
         "events_each": expected,
@@ -113,6 +121,10 @@ async def measure_events(ready: dict[str, Any], subscribers: int = 1_000, paymen
         "submit_seconds": round(submit_seconds, 1),
         "all_delivered_seconds": round(deliver_seconds, 1),
         "deliveries_per_s": round(sum(counts) / deliver_seconds),
+        # What the server spent, accepting the payments included: the subscribers' process is the one
+        # that limits the rate when both share two cores.
+        "server_cpu_us_per_delivery": round(server_cpu / max(1, sum(counts)) * 1e6, 1),
+        "server_cpu_share": round(server_cpu / deliver_seconds, 2),
         "lag_p50_ms": round(statistics.median(lags) * 1000, 1),
         "lag_p99_ms": round(_percentile(lags, 0.99) * 1000, 1),
         "lag_max_ms": round(max(lags) * 1000, 1),
