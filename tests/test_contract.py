@@ -75,9 +75,12 @@ def test_sdk_public_api_is_pinned() -> None:
             "Unauthenticated",
             "Unavailable",
             "Unimplemented",
+            "WebhookVerificationError",
             "attestation_message",
             "from_rpc_error",
+            "sign_webhook",
             "v1",
+            "verify_webhook",
         ]
     )
     for name in agentflow_payments.__all__:

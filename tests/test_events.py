@@ -336,3 +336,32 @@ async def test_the_sdk_subscription_resumes_across_a_restart_without_gap_or_dupl
     async with again.client() as admin:
         listed = await all_events(admin, types=["payment.queued"])
     assert [e.sequence for e in received] == [e.sequence for e in listed]
+
+
+async def test_the_sdk_watch_resumes_across_a_restart_and_ends_when_final(start_server: StartServer) -> None:
+    from .anvil import free_port
+
+    listen = f"127.0.0.1:{free_port()}"
+    server = await start_server(listen=listen)
+    await _funder(server)(ALICE, 100 * USDC)
+    async with server.client() as admin:
+        payment = (await admin.payments.SubmitPayment(pay())).payment
+    seen: list[payments_pb2.Payment] = []
+    first = asyncio.Event()
+    async with AsyncClient(listen, ADMIN_KEY) as client:
+
+        async def follow() -> None:
+            async for state in client.watch_payment(payment.name):
+                seen.append(state)
+                first.set()
+
+        following = asyncio.create_task(follow())
+        await asyncio.wait_for(first.wait(), 10)
+        await server.service.stop()
+        again = await start_server(listen=listen)
+        async with again.client() as admin:
+            cancelled = (
+                await admin.payments.CancelPayment(payments_pb2.CancelPaymentRequest(name=payment.name))
+            ).payment
+        await asyncio.wait_for(following, 20)
+    assert seen == [payment, cancelled]

@@ -267,3 +267,49 @@ def test_attestation_signers_are_recovered_by_the_c_backend() -> None:
     from eth_keys.backends.coincurve import CoinCurveECCBackend
 
     assert isinstance(get_backend(), CoinCurveECCBackend)
+
+
+# The example of the Standard Webhooks specification.
+_WH_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+_WH_HEADERS = {
+    "Webhook-Id": "msg_p5jXN8AQM9LWM0D4loKWxJek",
+    "Webhook-Timestamp": "1614265330",
+    "Webhook-Signature": "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+}
+_WH_BODY = b'{"test": 2432232314}'
+
+
+def test_verify_webhook_accepts_the_specifications_example() -> None:
+    from agentflow_payments import sign_webhook, verify_webhook
+
+    assert verify_webhook(_WH_HEADERS, _WH_BODY, _WH_SECRET, now=1614265330) == {"test": 2432232314}
+    assert (
+        sign_webhook(_WH_SECRET, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, _WH_BODY)
+        == _WH_HEADERS["Webhook-Signature"]
+    )
+    # While a secret rotates, the old and the new sign: either secret verifies, in any order.
+    other = "whsec_" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE="
+    rotated = sign_webhook(other, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, _WH_BODY)
+    both = {**_WH_HEADERS, "Webhook-Signature": f"{rotated} {_WH_HEADERS['Webhook-Signature']}"}
+    assert verify_webhook(both, _WH_BODY, [other], now=1614265330) == {"test": 2432232314}
+    assert verify_webhook(both, _WH_BODY, _WH_SECRET, now=1614265330) == {"test": 2432232314}
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "now", "why"),
+    [
+        (_WH_HEADERS, b'{"test": 2432232315}', 1614265330, "no signature matches"),
+        ({**_WH_HEADERS, "Webhook-Id": "msg_other"}, _WH_BODY, 1614265330, "no signature matches"),
+        (_WH_HEADERS, _WH_BODY, 1614265330 + 301, "more than 300 s"),
+        (_WH_HEADERS, _WH_BODY, 1614265330 - 301, "more than 300 s"),
+        ({k: v for k, v in _WH_HEADERS.items() if k != "Webhook-Signature"}, _WH_BODY, 1614265330, "missing"),
+        ({**_WH_HEADERS, "Webhook-Timestamp": "soon"}, _WH_BODY, 1614265330, "whole number"),
+    ],
+)
+def test_verify_webhook_refuses_what_the_secret_did_not_sign(
+    headers: dict[str, str], body: bytes, now: float, why: str
+) -> None:
+    from agentflow_payments import WebhookVerificationError, verify_webhook
+
+    with pytest.raises(WebhookVerificationError, match=why):
+        verify_webhook(headers, body, _WH_SECRET, now=now)

@@ -33,6 +33,7 @@ from ._exceptions import (
     from_rpc_error,
 )
 from ._reasons import ERROR_DOMAIN, Reason
+from ._webhooks import WebhookVerificationError, sign_webhook, verify_webhook
 
 __version__ = "0.1.0"
 
@@ -62,7 +63,10 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
+    "WebhookVerificationError",
     "attestation_message",
     "from_rpc_error",
+    "sign_webhook",
     "v1",
+    "verify_webhook",
 ]

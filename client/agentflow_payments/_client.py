@@ -17,8 +17,13 @@ from .v1 import (
     escrow_pb2_grpc,
     events_pb2,
     events_pb2_grpc,
+    payments_pb2,
     payments_pb2_grpc,
     webhooks_pb2_grpc,
+)
+
+_FINAL = frozenset(
+    {payments_pb2.PAYMENT_STATUS_COMPLETED, payments_pb2.PAYMENT_STATUS_FAILED, payments_pb2.PAYMENT_STATUS_CANCELLED}
 )
 
 DEFAULT_TIMEOUT = 30.0
@@ -168,6 +173,30 @@ class AsyncClient:
                     else:
                         last, known = max(last, response.heartbeat.head_sequence), True
             except (Unavailable, SubscriberTooSlow):
+                pass
+            await asyncio.sleep(pause)
+            pause = min(max_backoff, pause * 2)
+
+    async def watch_payment(self, name: str, *, max_backoff: float = 5.0) -> AsyncIterator[payments_pb2.Payment]:
+        """A payment's state now, then each change until it is COMPLETED, FAILED or CANCELLED.
+
+        When the stream breaks it reconnects with growing pauses up to ``max_backoff`` seconds; the server
+        sends the current state again, which is yielded only if it changed. Other errors (NOT_FOUND, a key
+        that may not see it) are raised.
+        """
+        last: payments_pb2.Payment | None = None
+        pause = 0.1
+        while True:
+            try:
+                async for response in self.payments.WatchPayment(payments_pb2.WatchPaymentRequest(name=name)):
+                    pause = 0.1
+                    payment = response.payment
+                    if last is None or (payment.status, payment.update_time) != (last.status, last.update_time):
+                        last = payment
+                        yield payment
+                    if payment.status in _FINAL:
+                        return
+            except Unavailable:
                 pass
             await asyncio.sleep(pause)
             pause = min(max_backoff, pause * 2)
