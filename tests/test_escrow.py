@@ -755,3 +755,35 @@ async def test_get_metrics_counts_escrows_and_the_value_they_lock(admin: AsyncCl
     with pytest.raises(InvalidArgument) as caught:
         await admin.admin.GetMetrics(admin_pb2.GetMetricsRequest(window=duration_pb2.Duration(seconds=86_401)))
     assert [v.field for v in caught.value.field_violations] == ["window"]
+
+
+async def test_an_expiry_whose_commit_fails_is_tried_again(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentflow_server.engine.engine import Engine
+    from agentflow_server.ledger import StorageError
+
+    clock = Clock()
+    server = await start_server(clock=clock)
+    await _funder(server)(ALICE, 200 * USDC)
+    async with server.client() as admin:
+        escrow = (await admin.escrows.CreateEscrow(create(expire_time=at(clock, DAY)))).escrow
+        original = Engine._write
+        failures: list[int] = []
+
+        def fail_once(self: Engine, write: object, epoch: int, connection: object) -> None:
+            if not failures:
+                failures.append(epoch)
+                self._failed_epoch = epoch
+                raise StorageError("disk full")
+            original(self, write, epoch, connection)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(Engine, "_write", fail_once)
+        clock.advance(DAY)
+
+        async def refunded() -> bool:
+            return (await get(admin, escrow.name)).status == escrow_pb2.ESCROW_STATUS_REFUNDED
+
+        await wait_until(refunded)
+        assert failures
+    assert events(server, escrow.name) == ["escrow.created", "escrow.expired", "escrow.refunded"]
