@@ -87,7 +87,7 @@ async def measure_escrow(ready: dict[str, Any], count: int = 10_000, spread: flo
         rng = random.Random(7)
         created = 0
         create_started = time.time()
-        first_deadline = create_started + 5.0 + count / 1000
+        first_deadline = create_started + 2.0 + count / 1000
         deadlines = [first_deadline + rng.random() * spread for _ in range(count)]
 
         async def creator(worker: int) -> None:
