@@ -63,10 +63,23 @@ def event_filter(tokens: TokenRegistry, request_filter: events_pb2.EventFilter) 
 
 
 async def read_events(database: Database, after: int, limit: int, where: EventFilter) -> list[StoredEvent]:
-    """Up to ``limit`` log rows after ``after`` (narrowed in SQL by resource and task), oldest first."""
+    """Up to ``limit`` log rows after ``after``, oldest first, narrowed in SQL by the filter (the caller
+    still checks each with ``where.matches``)."""
+    addresses = where.visible_to
+    if where.address is not None:
+        addresses = frozenset({where.address})
     async with database.connect() as connection:
         return await connection.run_sync(
-            lambda c: load_events(c, after, limit, resource=where.resource, task_id=where.task_id)
+            lambda c: load_events(
+                c,
+                after,
+                limit,
+                resource=where.resource,
+                task_id=where.task_id,
+                types=where.types,
+                families=where.families,
+                addresses=addresses,
+            )
         )
 
 

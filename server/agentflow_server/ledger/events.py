@@ -8,6 +8,7 @@ complete: no event with a smaller number can appear later.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -36,15 +37,23 @@ def load_events(
     *,
     resource: str | None = None,
     task_id: str | None = None,
+    types: Collection[str] = (),
+    families: Collection[str] = (),
+    addresses: Collection[str] | None = None,
 ) -> list[StoredEvent]:
-    """Up to ``limit`` events with a sequence above ``after``, oldest first; ``resource`` and ``task_id``
-    narrow them in SQL (the other filters are the caller's)."""
+    """Up to ``limit`` events with a sequence above ``after``, oldest first, narrowed in SQL: by resource,
+    task, types or type families (either matches), and ``addresses`` (any of them named; the column is a
+    JSON list of EIP-55 addresses, which hold no LIKE wildcard)."""
     c = events.c
     query = sa.select(events).where(c.sequence > after)
     if resource is not None:
         query = query.where(c.resource == resource)
     if task_id is not None:
         query = query.where(c.task_id == task_id)
+    if types or families:
+        query = query.where(sa.or_(c.type.in_(list(types)), *(c.type.like(f"{family}.%") for family in families)))
+    if addresses is not None:
+        query = query.where(sa.or_(sa.false(), *(c.addresses.like(f'%"{address}"%') for address in addresses)))
     rows = connection.execute(query.order_by(c.sequence).limit(limit))
     return [
         StoredEvent(
