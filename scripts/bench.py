@@ -124,23 +124,23 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-async def run(quick: bool) -> dict[str, Any]:
-    seconds = 3.0 if quick else 10.0
-    latency_seconds = 3.0 if quick else 10.0
+async def on_fresh_server(measure: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    """Start a funded server on a new ledger, measure against it, stop it."""
     with tempfile.TemporaryDirectory(prefix="agentflow-bench-") as data_dir:
         process, ready = await start_server(data_dir)
         try:
-            result = await measure(ready, seconds, latency_seconds)
+            return await measure(ready)
         finally:
             process.terminate()
             await process.wait()
-    with tempfile.TemporaryDirectory(prefix="agentflow-bench-escrow-") as data_dir:
-        process, ready = await start_server(data_dir)
-        try:
-            result.update(await measure_escrow(ready, *((2_000, 3.0) if quick else (10_000, 10.0))))
-        finally:
-            process.terminate()
-            await process.wait()
+
+
+async def run(quick: bool) -> dict[str, Any]:
+    seconds = 3.0 if quick else 10.0
+    latency_seconds = 3.0 if quick else 10.0
+    result = await on_fresh_server(lambda ready: measure(ready, seconds, latency_seconds))
+    count, spread = (2_000, 3.0) if quick else (10_000, 10.0)
+    result.update(await on_fresh_server(lambda ready: measure_escrow(ready, count, spread)))
     result.update(await measure_chain(5.0 if quick else 30.0))
     return result
 

@@ -19,7 +19,6 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -144,15 +143,9 @@ async def measure_escrow(ready: dict[str, Any], count: int = 10_000, spread: flo
 
 
 async def _main(count: int, spread: float) -> None:
-    from bench import start_server  # bench imports this module; this one needs bench only when run alone
+    from bench import on_fresh_server  # bench imports this module; this one needs bench only when run alone
 
-    with tempfile.TemporaryDirectory(prefix="agentflow-bench-escrow-") as data_dir:
-        process, ready = await start_server(data_dir)
-        try:
-            result = await measure_escrow(ready, count, spread)
-        finally:
-            process.terminate()
-            await process.wait()
+    result = await on_fresh_server(lambda ready: measure_escrow(ready, count, spread))
     print(json.dumps(result))
 
 

@@ -16,7 +16,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -132,15 +131,9 @@ async def measure_events(ready: dict[str, Any], subscribers: int = 1_000, paymen
 
 
 async def _main(subscribers: int, payments: int) -> None:
-    from bench import start_server  # bench imports this module; this one needs bench only when run alone
+    from bench import on_fresh_server  # bench imports this module; this one needs bench only when run alone
 
-    with tempfile.TemporaryDirectory(prefix="agentflow-bench-events-") as data_dir:
-        process, ready = await start_server(data_dir)
-        try:
-            result = await measure_events(ready, subscribers, payments)
-        finally:
-            process.terminate()
-            await process.wait()
+    result = await on_fresh_server(lambda ready: measure_events(ready, subscribers, payments))
     print(json.dumps(result))
 
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from agentflow_payments import AsyncClient, DeadlineExceeded, Unavailable
@@ -48,6 +49,28 @@ async def _wait(process: subprocess.Popen[bytes]) -> int:
     return await asyncio.wait_for(asyncio.to_thread(process.wait), 30)
 
 
+async def _kill_during(
+    process: subprocess.Popen[bytes],
+    ready: dict[str, object],
+    work: Callable[[AsyncClient, int], Awaitable[None]],
+    enough: asyncio.Event,
+) -> None:
+    """Run 8 workers against the server until ``enough`` is set, then SIGKILL it under them."""
+    try:
+        async with AsyncClient(str(ready["target"]), str(ready["admin_key"]), timeout=5) as client:
+            workers = [asyncio.create_task(work(client, w)) for w in range(8)]
+            waiting = asyncio.create_task(enough.wait())
+            await asyncio.wait([waiting, *workers], timeout=60, return_when=asyncio.FIRST_COMPLETED)
+            assert enough.is_set(), [w.exception() for w in workers if w.done()]
+            process.send_signal(signal.SIGKILL)
+            await asyncio.wait_for(asyncio.gather(*workers), 30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        await _wait(process)
+    assert process.returncode == -signal.SIGKILL
+
+
 async def test_sigkill_loses_no_acknowledged_payment_and_half_writes_none(tmp_path: Path) -> None:
     process, ready = await _start(tmp_path)
     accounts = list(ready["accounts"])  # type: ignore[call-overload]
@@ -74,19 +97,7 @@ async def test_sigkill_loses_no_acknowledged_payment_and_half_writes_none(tmp_pa
                 enough.set()
             i += 1
 
-    try:
-        async with AsyncClient(str(ready["target"]), str(ready["admin_key"]), timeout=5) as client:
-            workers = [asyncio.create_task(submit_forever(client, w)) for w in range(8)]
-            waiting = asyncio.create_task(enough.wait())
-            await asyncio.wait([waiting, *workers], timeout=60, return_when=asyncio.FIRST_COMPLETED)
-            assert enough.is_set(), [w.exception() for w in workers if w.done()]
-            process.send_signal(signal.SIGKILL)
-            await asyncio.wait_for(asyncio.gather(*workers), 30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        await _wait(process)
-    assert process.returncode == -signal.SIGKILL
+    await _kill_during(process, ready, submit_forever, enough)
     assert len(acknowledged) >= 300
 
     # Restart on the same data directory: every acknowledged payment is there, once.
@@ -162,19 +173,7 @@ async def test_sigkill_loses_no_acknowledged_escrow_step(tmp_path: Path) -> None
         except (Unavailable, DeadlineExceeded):
             return  # the server is gone
 
-    try:
-        async with AsyncClient(str(ready["target"]), str(ready["admin_key"]), timeout=5) as client:
-            workers = [asyncio.create_task(hold_and_release_forever(client, w)) for w in range(8)]
-            waiting = asyncio.create_task(enough.wait())
-            await asyncio.wait([waiting, *workers], timeout=60, return_when=asyncio.FIRST_COMPLETED)
-            assert enough.is_set(), [w.exception() for w in workers if w.done()]
-            process.send_signal(signal.SIGKILL)
-            await asyncio.wait_for(asyncio.gather(*workers), 30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        await _wait(process)
-    assert process.returncode == -signal.SIGKILL
+    await _kill_during(process, ready, hold_and_release_forever, enough)
 
     process, ready = await _start(tmp_path)
     try:
