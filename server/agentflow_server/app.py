@@ -54,6 +54,7 @@ from .ledger.accounts import AccountReader
 from .ledger.api_keys import ApiKeyStore
 from .ledger.batches import BatchReader
 from .ledger.escrows import EscrowReader
+from .ledger.events import EventReader
 from .ledger.payments import PaymentReader
 from .metrics import Metrics
 from .tokens import TokenRegistry
@@ -189,7 +190,8 @@ class Service:
             options=_SERVER_OPTIONS,
         )
         batches = BatchReader(database)
-        hub = EventHub(database, max_backlog=settings.event_subscriber_backlog)
+        event_log = EventReader(database)
+        hub = EventHub(event_log, max_backlog=settings.event_subscriber_backlog)
         engine.add_commit_listener(hub.committed)
         payments_pb2_grpc.add_PaymentServiceServicer_to_server(
             PaymentServicer(engine, PaymentReader(database), batches, hub, settings.max_bulk_size), server
@@ -204,7 +206,9 @@ class Service:
             server,
         )
         webhooks_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(), server)
-        add_event_service(server, EventServicer(hub, database, tokens, engine.clock, settings.event_heartbeat_interval))
+        add_event_service(
+            server, EventServicer(hub, event_log, tokens, engine.clock, settings.event_heartbeat_interval)
+        )
         deposits = (
             DepositTarget(chain.identity.chain_id, chain.identity.contract, settings.confirmations)
             if chain is not None

@@ -20,8 +20,7 @@ from ..auth import current_principal
 from ..clock import Clock
 from ..errors import ApiError
 from ..events import EventFilter, EventHub, check_type_pattern
-from ..ledger import Database
-from ..ledger.events import StoredEvent, head_sequence, load_events
+from ..ledger.events import EventReader, StoredEvent
 from ..tokens import TokenRegistry
 from ..wire import event_message, subscribe_response_bytes, timestamp
 from . import pagination
@@ -62,35 +61,31 @@ def event_filter(tokens: TokenRegistry, request_filter: events_pb2.EventFilter) 
     )
 
 
-async def read_events(database: Database, after: int, limit: int, where: EventFilter) -> list[StoredEvent]:
+async def read_events(log: EventReader, after: int, limit: int, where: EventFilter) -> list[StoredEvent]:
     """Up to ``limit`` log rows after ``after``, oldest first, narrowed in SQL by the filter (the caller
     still checks each with ``where.matches``)."""
     addresses = where.visible_to
     if where.address is not None:
         addresses = frozenset({where.address})
-    async with database.connect() as connection:
-        return await connection.run_sync(
-            lambda c: load_events(
-                c,
-                after,
-                limit,
-                resource=where.resource,
-                task_id=where.task_id,
-                types=where.types,
-                families=where.families,
-                addresses=addresses,
-            )
-        )
+    return await log.after(
+        after,
+        limit,
+        resource=where.resource,
+        task_id=where.task_id,
+        types=where.types,
+        families=where.families,
+        addresses=addresses,
+    )
 
 
 class EventServicer:
     """Serves EventService (registered by :func:`add_event_service`)."""
 
     def __init__(
-        self, hub: EventHub, database: Database, tokens: TokenRegistry, clock: Clock, heartbeat_interval: float
+        self, hub: EventHub, log: EventReader, tokens: TokenRegistry, clock: Clock, heartbeat_interval: float
     ) -> None:
         self._hub = hub
-        self._database = database
+        self._log = log
         self._tokens = tokens
         self._clock = clock
         self._heartbeat_interval = heartbeat_interval
@@ -106,10 +101,10 @@ class EventServicer:
             last = request.start_after
             if request.live_only:
                 # From what is committed now: the hub may not have read the newest commits yet.
-                last = max(last, await self._head())
+                last = max(last, await self._log.head())
             # The log up to where the subscription joined comes from the database; the rest comes live.
             while last < joined:
-                page = await read_events(self._database, last, _PAGE, where)
+                page = await read_events(self._log, last, _PAGE, where)
                 replayed = [event for event in page if event.sequence <= joined]
                 for event in replayed:
                     if where.matches(event):
@@ -145,10 +140,6 @@ class EventServicer:
         finally:
             subscription.close()
 
-    async def _head(self) -> int:
-        async with self._database.connect() as connection:
-            return await connection.run_sync(head_sequence)
-
     async def ListEvents(
         self, request: events_pb2.ListEventsRequest, context: Context
     ) -> events_pb2.ListEventsResponse:
@@ -167,7 +158,7 @@ class EventServicer:
         scanned = 0
         more = True
         while len(found) < size and scanned < _SCAN_LIMIT:
-            page = await read_events(self._database, after, _PAGE, where)
+            page = await read_events(self._log, after, _PAGE, where)
             for event in page:
                 after = event.sequence
                 if where.matches(event):

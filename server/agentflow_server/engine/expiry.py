@@ -35,9 +35,6 @@ class Deadlines:
         self._heap: list[tuple[int, str]] = []
         self._changed = asyncio.Event()
 
-    def __len__(self) -> int:
-        return len(self._heap)
-
     def add(self, deadlines: Iterable[tuple[int, str]]) -> None:
         """Add (expire_time_us, escrow_id) pairs, waking the timer if one is earlier than its wait."""
         earliest = self._heap[0][0] if self._heap else None

@@ -15,8 +15,8 @@ import collections
 import contextlib
 import logging
 
-from ..ledger import Database, StorageError
-from ..ledger.events import StoredEvent, head_sequence, load_events
+from ..ledger import StorageError
+from ..ledger.events import EventReader, StoredEvent
 from ..wire import subscribe_response_bytes
 from .filter import EventFilter
 
@@ -74,8 +74,8 @@ class Subscription:
 class EventHub:
     """Follows the log and fans its new events out. Start with :meth:`start`, stop with :meth:`stop`."""
 
-    def __init__(self, database: Database, max_backlog: int = 10_000, poll_interval: float = 1.0) -> None:
-        self._database = database
+    def __init__(self, log: EventReader, max_backlog: int = 10_000, poll_interval: float = 1.0) -> None:
+        self._log = log
         self.max_backlog = max_backlog
         self._poll_interval = poll_interval
         self._subscriptions: set[Subscription] = set()
@@ -86,8 +86,7 @@ class EventHub:
 
     async def start(self) -> None:
         """Start from the log's current head."""
-        async with self._database.connect() as connection:
-            self.head = await connection.run_sync(head_sequence)
+        self.head = await self._log.head()
         self._task = asyncio.create_task(self._follow(), name="agentflow-event-hub")
 
     async def stop(self) -> None:
@@ -113,8 +112,7 @@ class EventHub:
         if not self._subscriptions:
             # Nobody was listening, so the hub did not read the log: its head is behind. Whatever commits
             # after this read is read and handed out once the subscription is in.
-            async with self._database.connect() as connection:
-                self.head = max(self.head, await connection.run_sync(head_sequence))
+            self.head = max(self.head, await self._log.head())
         subscription = Subscription(self, where, self.head, self.max_backlog)
         self._subscriptions.add(subscription)
         return subscription
@@ -122,11 +120,6 @@ class EventHub:
     def unsubscribe(self, subscription: Subscription) -> None:
         """Leave (again is harmless)."""
         self._subscriptions.discard(subscription)
-
-    @property
-    def subscribers(self) -> int:
-        """How many subscriptions are live."""
-        return len(self._subscriptions)
 
     async def _follow(self) -> None:
         while True:
@@ -145,8 +138,7 @@ class EventHub:
 
     async def _read_more(self) -> bool:
         """Hand out the next page of new events; whether a full page came (more may follow)."""
-        async with self._database.connect() as connection:
-            found = await connection.run_sync(load_events, self.head, _PAGE)
+        found = await self._log.after(self.head, _PAGE)
         for event in found:
             if event.sequence <= self.head:
                 continue  # a subscriber moved the head past it while this page was read

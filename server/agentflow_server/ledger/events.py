@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from .database import Database
 from .schema import events
 
 
@@ -72,3 +73,41 @@ def load_events(
 def head_sequence(connection: Connection) -> int:
     """The newest sequence in the log; 0 when it is empty."""
     return int(connection.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.sequence), 0))).scalar_one())
+
+
+class EventReader:
+    """Reads the event log for streams and listings (the engine is the only writer)."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    async def head(self) -> int:
+        """The newest sequence in the log; 0 when it is empty."""
+        async with self._database.connect() as connection:
+            return await connection.run_sync(head_sequence)
+
+    async def after(
+        self,
+        after: int,
+        limit: int,
+        *,
+        resource: str | None = None,
+        task_id: str | None = None,
+        types: Collection[str] = (),
+        families: Collection[str] = (),
+        addresses: Collection[str] | None = None,
+    ) -> list[StoredEvent]:
+        """Up to ``limit`` events after the sequence ``after``, oldest first, narrowed as :func:`load_events`."""
+        async with self._database.connect() as connection:
+            return await connection.run_sync(
+                lambda c: load_events(
+                    c,
+                    after,
+                    limit,
+                    resource=resource,
+                    task_id=task_id,
+                    types=types,
+                    families=families,
+                    addresses=addresses,
+                )
+            )
