@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from ..ledger.group import RecordWrite
 from ..tokens import Token
 from .model import Batch, ExpiryAction, Priority, ReleaseCondition
 
@@ -332,6 +333,31 @@ class ExpireEscrow:
     escrow_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to write with a :class:`StoreRecords`: its type, resource, addresses, task and payload (the
+    serialized v1 resource)."""
+
+    type: str
+    resource: str
+    addresses: tuple[str, ...]
+    task_id: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRecords:
+    """Write records kept beside the ledger (webhook endpoints and deliveries), and the events they record,
+    in a group's transaction: the engine stays the database's one writer.
+
+    ``write`` runs on the writer's thread inside the transaction. It is plain inserts and updates by key; an
+    error in it fails the whole group, like a failed commit.
+    """
+
+    write: RecordWrite
+    events: tuple[NewEvent, ...] = ()
+
+
 EscrowStep = ReleaseEscrow | RefundEscrow | DisputeEscrow | ResolveDispute | AttestTaskResult
 """The commands a caller takes on an existing escrow."""
 
@@ -357,4 +383,5 @@ Command = (
     | ResolveDispute
     | AttestTaskResult
     | ExpireEscrow
+    | StoreRecords
 )

@@ -68,6 +68,7 @@ from .commands import (
     ResolveDispute,
     SetChainState,
     SettleBatch,
+    StoreRecords,
     SubmitPayment,
     Withdraw,
 )
@@ -679,6 +680,11 @@ class Engine:
             return None
         if isinstance(command, RecordExit):
             self._record_exit(command, group)
+            return None
+        if isinstance(command, StoreRecords):
+            group.write.records.append(command.write)
+            for event in command.events:
+                group.write.event(event.type, event.resource, event.addresses, event.task_id, event.payload)
             return None
         if isinstance(command, SetChainState):
             group.write.chain_state.update(command.values)

@@ -33,6 +33,9 @@ from .types import Amount
 AccountKey = tuple[str, str]
 """(address, token)."""
 
+RecordWrite = Callable[[Connection], None]
+"""Rows kept beside the ledger's own (webhook endpoints and deliveries), written in a group's transaction."""
+
 
 @dataclass(frozen=True, slots=True)
 class IdempotencyRecord:
@@ -60,6 +63,8 @@ class GroupWrite:
     # Rows as they are when staged: batches and chain facts are not changed again within a group.
     batch_rows: dict[str, dict[str, Any]] = field(default_factory=dict)
     chain_state: dict[str, str] = field(default_factory=dict)
+    # Written last, in the order the group's commands staged them.
+    records: list[RecordWrite] = field(default_factory=list)
     # Filled by seal(): the rows of the objects above as they are at the end of the group.
     payment_rows: list[dict[str, Any]] = field(default_factory=list)
     changed_rows: list[dict[str, Any]] = field(default_factory=list)
@@ -339,3 +344,5 @@ def write_group(connection: Connection, group: GroupWrite) -> None:
     ):
         if rows:
             _execute_many(connection, name, rows)
+    for write in group.records:
+        write(connection)
