@@ -212,3 +212,50 @@ escrows = Table(
     Column("resolve_time_us", BigInteger, nullable=True),
 )
 """Task escrows. The money they hold is the payer's ``escrowed`` balance; the journal has every move."""
+
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("webhook_id", String(32), primary_key=True),
+    # The API key that registered it: deliveries carry only what that key may see.
+    Column("owner_key_id", String(32), nullable=False),
+    Column("url", String(2048), nullable=False),
+    # JSON list of event type patterns; empty for all.
+    Column("event_types", Text, nullable=False),
+    Column("description", String(256), nullable=False),
+    Column("state", SmallInteger, nullable=False),
+    Column("disabled_reason", String(512), nullable=False),
+    # JSON list of {"secret", "expire_time_us"}: HMAC needs the secret itself, so it cannot be hashed.
+    Column("secrets", Text, nullable=False),
+    Column("cursor", BigInteger, nullable=False),
+    Column("failing_since_us", BigInteger, nullable=True),
+    Column("request_id", String(64), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("create_time_us", BigInteger, nullable=False),
+    Column("update_time_us", BigInteger, nullable=False),
+)
+"""Webhook endpoints. ``cursor`` is how far the log has been fanned out to the endpoint."""
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    # Time-ordered: the webhook-id header, the same across retries.
+    Column("delivery_id", String(40), primary_key=True),
+    Column("webhook_id", String(32), nullable=False),
+    Column("event_sequence", BigInteger, nullable=False),
+    Column("event_type", String(48), nullable=False),
+    Column("status", SmallInteger, nullable=False),
+    Column("attempt_count", Integer, nullable=False),
+    Column("attempt_limit", Integer, nullable=False),
+    Column("next_attempt_time_us", BigInteger, nullable=True),
+    Column("create_time_us", BigInteger, nullable=False),
+    Column("complete_time_us", BigInteger, nullable=True),
+    # The last attempt.
+    Column("http_status", Integer, nullable=True),
+    Column("duration_us", BigInteger, nullable=True),
+    Column("response_excerpt", Text, nullable=True),
+    Column("error", String(512), nullable=True),
+    Column("success", SmallInteger, nullable=True),
+    Column("attempt_time_us", BigInteger, nullable=True),
+)
+"""One row per (event, endpoint): the durable state of its delivery, which retries and restarts resume."""
