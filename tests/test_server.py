@@ -13,7 +13,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from agentflow_payments import ERROR_DOMAIN, AgentflowError, AsyncClient, NotFound, RateLimited, Reason, Unimplemented
+from agentflow_payments import ERROR_DOMAIN, AgentflowError, AsyncClient, NotFound, RateLimited, Reason
 from agentflow_payments.v1 import accounts_pb2, admin_pb2, admin_pb2_grpc, events_pb2, payments_pb2
 from agentflow_server.app import SERVICE_NAMES, StartupError
 from agentflow_server.engine.commands import CreditDeposit
@@ -120,21 +120,6 @@ async def test_errors_are_rich_statuses_on_the_wire(server: RunningServer) -> No
     assert status.details[1].Unpack(bad)
     assert (info.domain, info.reason) == (ERROR_DOMAIN, "INVALID_FIELD")
     assert [v.field for v in bad.field_violations] == ["addresses[0]"]
-
-
-async def test_methods_of_later_issues_answer_unimplemented_with_a_reason(server: RunningServer) -> None:
-    from agentflow_payments.v1 import webhooks_pb2
-
-    async with server.client() as client:
-        calls = [
-            client.webhooks.ListWebhooks(webhooks_pb2.ListWebhooksRequest()),
-            client.webhooks.TestWebhook(webhooks_pb2.TestWebhookRequest(name="webhooks/x")),
-        ]
-        for call in calls:
-            with pytest.raises(Unimplemented) as caught:
-                await call
-            assert caught.value.reason is Reason.NOT_IMPLEMENTED
-            assert caught.value.metadata["method"].startswith("WebhookService.")
 
 
 async def test_a_second_server_on_the_same_port_fails_loudly(

@@ -37,6 +37,9 @@ class Reason(enum.StrEnum):
     ESCROW_INVALID_ATTESTATION = "ESCROW_INVALID_ATTESTATION"
     WEBHOOK_NOT_FOUND = "WEBHOOK_NOT_FOUND"
     WEBHOOK_DELIVERY_NOT_FOUND = "WEBHOOK_DELIVERY_NOT_FOUND"
+    WEBHOOK_URL_NOT_ALLOWED = "WEBHOOK_URL_NOT_ALLOWED"
+    WEBHOOK_DISABLED = "WEBHOOK_DISABLED"
+    WEBHOOK_DELIVERY_SUCCEEDED = "WEBHOOK_DELIVERY_SUCCEEDED"
     API_KEY_NOT_FOUND = "API_KEY_NOT_FOUND"
     SUBSCRIBER_TOO_SLOW = "SUBSCRIBER_TOO_SLOW"
     NOT_IMPLEMENTED = "NOT_IMPLEMENTED"
@@ -114,6 +117,19 @@ _CATALOGUE: dict[Reason, tuple[grpc.StatusCode, str]] = {
     ),
     Reason.WEBHOOK_NOT_FOUND: (_S.NOT_FOUND, "No webhook endpoint has that name (or the key may not see it)."),
     Reason.WEBHOOK_DELIVERY_NOT_FOUND: (_S.NOT_FOUND, "No webhook delivery has that name."),
+    Reason.WEBHOOK_URL_NOT_ALLOWED: (
+        _S.INVALID_ARGUMENT,
+        "The webhook URL's host is (or resolves to) a loopback, private, link-local or metadata address, or "
+        "does not resolve; use a public endpoint.",
+    ),
+    Reason.WEBHOOK_DISABLED: (
+        _S.FAILED_PRECONDITION,
+        "The webhook endpoint is disabled; enable it with UpdateWebhook first.",
+    ),
+    Reason.WEBHOOK_DELIVERY_SUCCEEDED: (
+        _S.FAILED_PRECONDITION,
+        "The delivery already succeeded; there is nothing to retry.",
+    ),
     Reason.API_KEY_NOT_FOUND: (_S.NOT_FOUND, "No API key has that name."),
     Reason.SUBSCRIBER_TOO_SLOW: (
         _S.RESOURCE_EXHAUSTED,

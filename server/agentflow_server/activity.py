@@ -1,9 +1,10 @@
 """Recent activity in one-second buckets: what GetMetrics reports over a trailing window (at most 24 hours).
 
 Prometheus counts since the process started; an operator asking "how is it going" wants the last minute.
-The engine records what each commit accepted, completed and failed, and the API layer records how long
-each SubmitPayment took. Response times go into logarithmic bins (each 10% wider than the last), so a
-percentile read from them is within 10% of the exact one, in constant memory per second.
+The engine records what each commit accepted, completed and failed, the API layer records how long
+each SubmitPayment took, and the webhook dispatcher each delivery attempt. Response times go into
+logarithmic bins (each 10% wider than the last), so a percentile read from them is within 10% of the
+exact one, in constant memory per second.
 
 The buckets live in memory: after a restart the window starts empty.
 """
@@ -31,6 +32,11 @@ class _Second:
     responses: int = 0
     response_seconds: float = 0.0
     bins: collections.Counter[int] = field(default_factory=collections.Counter)
+    webhook_attempts: int = 0
+    webhook_successes: int = 0
+    webhook_seconds: float = 0.0
+    webhook_retries: int = 0
+    webhook_failures: int = 0
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,11 @@ class WindowFigures:
     responses: int
     mean_response_seconds: float
     p99_response_seconds: float
+    webhook_attempts: int = 0
+    webhook_successes: int = 0
+    mean_webhook_seconds: float = 0.0
+    webhook_retries: int = 0
+    webhook_failures: int = 0
 
 
 class Activity:
@@ -79,11 +90,22 @@ class Activity:
         bucket.response_seconds += seconds
         bucket.bins[bisect.bisect_left(_BOUNDS, seconds)] += 1
 
+    def webhook_attempt(self, seconds: float, success: bool, *, retry: bool, failed: bool) -> None:
+        """A webhook attempt took ``seconds``; ``retry`` when it was not its delivery's first, ``failed`` when
+        its delivery failed for good with it."""
+        bucket = self._bucket()
+        bucket.webhook_attempts += 1
+        bucket.webhook_successes += success
+        bucket.webhook_seconds += seconds
+        bucket.webhook_retries += retry
+        bucket.webhook_failures += failed
+
     def window(self, seconds: float) -> WindowFigures:
         """The figures of the trailing ``seconds`` (the current, partial second included)."""
         start = self._now() - seconds
         accepted = completed = failed = responses = 0
-        total = 0.0
+        hook_attempts = hook_successes = hook_retries = hook_failures = 0
+        total = hook_seconds = 0.0
         volume: collections.Counter[str] = collections.Counter()
         bins: collections.Counter[int] = collections.Counter()
         for second, bucket in reversed(self._seconds.items()):
@@ -96,6 +118,11 @@ class Activity:
             responses += bucket.responses
             total += bucket.response_seconds
             bins.update(bucket.bins)
+            hook_attempts += bucket.webhook_attempts
+            hook_successes += bucket.webhook_successes
+            hook_seconds += bucket.webhook_seconds
+            hook_retries += bucket.webhook_retries
+            hook_failures += bucket.webhook_failures
         p99 = 0.0
         if responses:
             rank = math.ceil(responses * 0.99)
@@ -114,4 +141,9 @@ class Activity:
             responses=responses,
             mean_response_seconds=total / responses if responses else 0.0,
             p99_response_seconds=p99,
+            webhook_attempts=hook_attempts,
+            webhook_successes=hook_successes,
+            mean_webhook_seconds=hook_seconds / hook_attempts if hook_attempts else 0.0,
+            webhook_retries=hook_retries,
+            webhook_failures=hook_failures,
         )

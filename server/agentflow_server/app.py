@@ -56,8 +56,11 @@ from .ledger.batches import BatchReader
 from .ledger.escrows import EscrowReader
 from .ledger.events import EventReader
 from .ledger.payments import PaymentReader
+from .ledger.webhooks import WebhookReader
 from .metrics import Metrics
 from .tokens import TokenRegistry
+from .webhooks.dispatcher import WebhookConfig, WebhookDispatcher
+from .webhooks.retry import RetryPolicy
 
 log = logging.getLogger("agentflow.server")
 
@@ -114,6 +117,7 @@ class Service:
         chain: ChainRuntime | None = None,
         expiry: ExpiryTimer | None = None,
         hub: EventHub | None = None,
+        webhooks: WebhookDispatcher | None = None,
     ) -> None:
         self.settings = settings
         self.database = database
@@ -126,6 +130,7 @@ class Service:
         self.chain = chain
         self.expiry = expiry
         self.hub = hub
+        self.webhooks = webhooks
         self.clock = engine.clock
         self.keys: ApiKeyRegistry | None = None
         self._stopped = False
@@ -205,7 +210,14 @@ class Service:
             ),
             server,
         )
-        webhooks_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(), server)
+        webhook_reader = WebhookReader(database)
+        dispatcher = WebhookDispatcher(
+            engine, webhook_reader, event_log, _owner_lookup(registry), webhook_config(settings), metrics
+        )
+        engine.add_commit_listener(dispatcher.committed)
+        webhooks_pb2_grpc.add_WebhookServiceServicer_to_server(
+            WebhookServicer(dispatcher, webhook_reader, tokens, engine.clock), server
+        )
         add_event_service(
             server, EventServicer(hub, event_log, tokens, engine.clock, settings.event_heartbeat_interval)
         )
@@ -244,6 +256,7 @@ class Service:
             metrics_port = metrics_http.server_port
         await engine.start()
         await hub.start()
+        await dispatcher.start()
         expiry = ExpiryTimer(engine, engine.deadlines, engine.clock)
         expiry.start()
         runtime: ChainRuntime | None = None
@@ -256,6 +269,7 @@ class Service:
                 )
             except Exception as error:
                 await expiry.stop()
+                await dispatcher.stop()
                 await hub.stop()
                 await engine.stop()
                 await _close(database, chain)
@@ -269,7 +283,18 @@ class Service:
             extra={"event": "server.started", "grpc_port": port, "metrics_port": metrics_port},
         )
         service = cls(
-            settings, database, engine, server, health_servicer, metrics, endpoints, metrics_http, runtime, expiry, hub
+            settings,
+            database,
+            engine,
+            server,
+            health_servicer,
+            metrics,
+            endpoints,
+            metrics_http,
+            runtime,
+            expiry,
+            hub,
+            dispatcher,
         )
         service.keys = registry
         return service
@@ -287,6 +312,9 @@ class Service:
         await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
         if self.hub is not None:
             await self.hub.stop()
+        if self.webhooks is not None:
+            # Before the engine: deliveries record their outcomes through it. One under way is made again.
+            await self.webhooks.stop()
         if self.chain is not None:
             # Before the engine: the stage hands it commands. A batch under way is finished at next start.
             await self.chain.stop()
@@ -335,6 +363,35 @@ def chain_options(settings: Settings) -> ChainOptions:
             fee_payout_interval=settings.fee_payout_interval,
         ),
     )
+
+
+def webhook_config(settings: Settings) -> WebhookConfig:
+    """How webhooks are delivered, from the settings."""
+    return WebhookConfig(
+        timeout=settings.webhook_timeout_ms / 1000,
+        retry=RetryPolicy(
+            max_retries=settings.webhook_max_retries,
+            initial=settings.webhook_retry_initial,
+            multiplier=settings.webhook_retry_multiplier,
+            max_delay=settings.webhook_retry_max_delay,
+        ),
+        breaker_threshold=settings.webhook_breaker_threshold,
+        breaker_reset=settings.webhook_breaker_reset,
+        disable_after=settings.webhook_disable_after,
+        allow_private=settings.webhook_allow_private,
+    )
+
+
+def _owner_lookup(registry: ApiKeyRegistry) -> Callable[[str], tuple[bool, frozenset[str] | None]]:
+    """Whether an endpoint owner's key is active, and the addresses it may see (None: all)."""
+
+    def lookup(key_id: str) -> tuple[bool, frozenset[str] | None]:
+        principal = registry.active(key_id)
+        if principal is None:
+            return False, frozenset()
+        return True, None if principal.reads_everything else principal.addresses
+
+    return lookup
 
 
 def _health_reporter(health_servicer: Any) -> Callable[[bool], None]:

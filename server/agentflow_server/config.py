@@ -68,6 +68,31 @@ class Settings(BaseSettings):
     escrow_max_expiry: float = Field(
         90 * 86_400.0, gt=0, description="the furthest in the future, in seconds, an escrow's expiry may be set"
     )
+    webhook_timeout_ms: int = Field(
+        5000, ge=100, le=60_000, description="how long one webhook attempt may take, connection and answer"
+    )
+    webhook_max_retries: int = Field(
+        3, ge=0, le=20, description="attempts after a webhook delivery's first before it fails for good"
+    )
+    webhook_retry_initial: float = Field(5.0, ge=0, description="seconds before a failed delivery's first retry")
+    webhook_retry_multiplier: float = Field(
+        6.0, ge=1, description="how much longer each next retry waits (5 s, 30 s, 3 min by default)"
+    )
+    webhook_retry_max_delay: float = Field(
+        3600.0, ge=0, description="the longest wait between attempts, an endpoint's Retry-After included"
+    )
+    webhook_breaker_threshold: int = Field(
+        5, ge=1, description="failed attempts in a row that stop deliveries to an endpoint for a while"
+    )
+    webhook_breaker_reset: float = Field(
+        30.0, ge=0, description="seconds an endpoint's open circuit breaker waits before one probe attempt"
+    )
+    webhook_disable_after: float = Field(
+        5 * 86_400.0, gt=0, description="seconds of failed attempts only after which an endpoint is disabled"
+    )
+    webhook_allow_private: bool = Field(
+        False, description="let webhook URLs reach loopback, private and link-local addresses (development)"
+    )
     event_heartbeat_interval: float = Field(
         15.0, gt=0, description="seconds an idle event stream waits before it sends a heartbeat"
     )

@@ -105,6 +105,23 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0),
             registry=self.registry,
         )
+        self.webhook_attempts = Counter(
+            "agentflow_webhook_attempts",
+            "Webhook delivery attempts, by outcome: success (a 2xx answer) or failure.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.webhook_attempt_seconds = Histogram(
+            "agentflow_webhook_attempt_seconds",
+            "Time of one webhook delivery attempt, from the request to the end of the answer read.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=self.registry,
+        )
+        self.webhook_failures = Counter(
+            "agentflow_webhook_deliveries_failed",
+            "Webhook deliveries that failed for good: attempts spent, or the endpoint disabled.",
+            registry=self.registry,
+        )
         self.deposits_block = Gauge(
             "agentflow_deposits_block",
             "The last block whose deposits are credited.",

@@ -206,7 +206,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             window=duration,
             payments=payments,
             escrows=escrows,
-            # This server delivers no webhooks yet: no attempts, and a success rate of 1 as the API
-            # defines it for none.
-            webhooks=admin_pb2.WebhookMetrics(delivery_success_rate=1.0),
+            webhooks=admin_pb2.WebhookMetrics(
+                delivery_success_rate=recent.webhook_successes / recent.webhook_attempts
+                if recent.webhook_attempts
+                else 1.0,
+                mean_delivery_ms=recent.mean_webhook_seconds * 1000,
+                failures=recent.webhook_failures,
+                retries=recent.webhook_retries,
+                attempts=recent.webhook_attempts,
+            ),
         )

@@ -100,6 +100,14 @@ class ApiKeyRegistry:
         now = _now_us()
         return sum(1 for p in self._by_hash.values() if p.expire_time_us is None or p.expire_time_us > now)
 
+    def active(self, key_id: str) -> Principal | None:
+        """The key with this id while it authenticates (neither revoked nor expired), else None."""
+        now = _now_us()
+        for principal in self._by_hash.values():
+            if principal.key_id == key_id:
+                return principal if principal.expire_time_us is None or principal.expire_time_us > now else None
+        return None
+
     def authenticate(self, secret: str | None) -> Principal:
         """The principal of a presented key, or UNAUTHENTICATED saying why not."""
         if not secret:

@@ -27,6 +27,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "escrow.disputed",
     "escrow.resolved",
     "escrow.expired",
+    "webhook.disabled",
 )
 """Every event type the server writes."""
 
