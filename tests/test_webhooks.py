@@ -140,7 +140,9 @@ async def test_every_event_of_a_payments_life_arrives_signed_and_in_order(
             return all(d.status == webhooks_pb2.WEBHOOK_DELIVERY_STATUS_SUCCEEDED for d in listed)
 
         await wait_for(recorded, "the deliveries recorded", 10)
-        assert {d.attempt_count for d in await deliveries(client, created.webhook.name)} == {1}
+        listed = await deliveries(client, created.webhook.name)
+        assert {d.attempt_count for d in listed} == {1}
+        assert [d.event_sequence for d in listed] == sorted(sequences, reverse=True)  # newest first
     assert {r.headers["Content-Type"] for r in received} == {"application/json"}
 
 
@@ -598,6 +600,7 @@ async def test_private_addresses_are_refused_without_the_setting(server: Running
             await client.webhooks.CreateWebhook(webhooks_pb2.CreateWebhookRequest(url=url))
         assert caught.value.reason is Reason.WEBHOOK_URL_NOT_ALLOWED
         assert caught.value.metadata["field"] == "url"
+        assert [v.field for v in caught.value.field_violations] == ["url"]
         assert "public addresses only" in caught.value.message
         assert (await client.webhooks.ListWebhooks(webhooks_pb2.ListWebhooksRequest())).webhooks == []
 
@@ -757,3 +760,45 @@ async def test_secrets_are_never_logged(
     for secret in (SECRET, rotated.secret):
         assert secret not in logged
         assert secret.removeprefix("whsec_") not in logged
+
+
+async def test_the_development_receiver_script_verifies_deliveries(
+    hooks_server: RunningServer, client: AsyncClient, fund: Fund
+) -> None:
+    """scripts/webhook_receiver.py, as the README runs it: --fail answers 500 first, then it verifies."""
+    import sys
+    from pathlib import Path
+
+    from .anvil import free_port
+
+    port = free_port()
+    created = await client.webhooks.CreateWebhook(
+        webhooks_pb2.CreateWebhookRequest(url=f"http://127.0.0.1:{port}/hooks", secret=SECRET)
+    )
+    script = Path(__file__).parent.parent / "scripts" / "webhook_receiver.py"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        "--port",
+        str(port),
+        "--secret",
+        SECRET,
+        "--fail",
+        "1",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stderr is not None
+        assert process.stdout is not None
+        assert b"receiving webhooks" in await asyncio.wait_for(process.stderr.readline(), 10)
+        await fund(ALICE, USDC)
+        failed = (await asyncio.wait_for(process.stdout.readline(), 10)).decode()
+        verified = (await asyncio.wait_for(process.stdout.readline(), 10)).decode()
+    finally:
+        process.terminate()
+        await process.wait()
+    delivery_id = failed.split(" ")[0]
+    assert failed.strip() == f"{delivery_id} answered 500 (--fail)"
+    assert verified.startswith(f"{delivery_id} verified: #1 deposit.confirmed deposits/")
+    assert created.webhook.name

@@ -109,7 +109,7 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
         description = fields.text("description", request.description, _MAX_DESCRIPTION, single_line=True)
         request_id = fields.request_id("request_id", request.request_id)
         fields.check()
-        await self._dispatcher.check_url(url)
+        await self._dispatcher.check_url(url, "url")
         principal = current_principal()
         endpoint, secret = await self._dispatcher.create(
             owner_key_id=principal.key_id,
@@ -177,7 +177,7 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
         fields.check()
         self._visible(webhook_id)
         if url is not None:
-            await self._dispatcher.check_url(url)
+            await self._dispatcher.check_url(url, "webhook.url")
         endpoint = await self._dispatcher.update(
             webhook_id, EndpointChanges(url=url, event_types=event_types, description=description, state=state)
         )

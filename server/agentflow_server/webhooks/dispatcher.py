@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from google.protobuf import json_format
 from sqlalchemy.engine import Connection
 
-from agentflow_payments import Reason
+from agentflow_payments import FieldViolation, Reason
 from agentflow_payments.v1 import events_pb2
 
 from ..activity import Activity
@@ -154,6 +154,7 @@ class WebhookDispatcher:
         # Every lane's task, closed lanes' included: one may still be finishing an attempt.
         self._lane_tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._last_id_us = 0
 
     # -- life cycle ---------------------------------------------------------------------------------
 
@@ -202,8 +203,9 @@ class WebhookDispatcher:
         """Every endpoint, newest first."""
         return sorted(self._endpoints.values(), key=lambda e: e.webhook_id, reverse=True)
 
-    async def check_url(self, url: str) -> None:
-        """Refuse a URL whose host is not public (unless private addresses are allowed)."""
+    async def check_url(self, url: str, field: str) -> None:
+        """Refuse a URL whose host is not public (unless private addresses are allowed); ``field`` is the
+        request field that carries it."""
         if self.config.allow_private:
             return
         try:
@@ -211,8 +213,9 @@ class WebhookDispatcher:
         except DestinationRefused as refused:
             raise ApiError(
                 Reason.WEBHOOK_URL_NOT_ALLOWED,
-                f"url: {refused}",
-                metadata={"field": "url"},
+                f"{field}: {refused}",
+                metadata={"field": field},
+                field_violations=[FieldViolation(field, str(refused))],
             ) from None
 
     async def create(
@@ -409,7 +412,7 @@ class WebhookDispatcher:
                 wants = EventFilter.of(endpoint.event_types, visible_to=visible_to)
                 made.extend(
                     Delivery(
-                        delivery_id=f"msg_{now_us:014x}{secrets.token_hex(6)}",
+                        delivery_id="",
                         webhook_id=endpoint.webhook_id,
                         event_sequence=event.sequence,
                         event_type=event.type,
@@ -425,6 +428,7 @@ class WebhookDispatcher:
                     if event.sequence > endpoint.cursor and wants.matches(event)
                 )
             made.sort(key=lambda d: (d.event_sequence, d.webhook_id))
+            made = [dataclasses.replace(d, delivery_id=self._delivery_id(now_us)) for d in made]
             await self._engine.execute(StoreRecords(store.fan_out(made, cursors)))
             for webhook_id, cursor in cursors.items():
                 self._changed(webhook_id, {"cursor": cursor})
@@ -636,6 +640,12 @@ class WebhookDispatcher:
         else:
             self._close_lane(webhook_id)
         return endpoint
+
+    def _delivery_id(self, now_us: int) -> str:
+        """A new delivery id. Time-ordered and strictly growing (at least a microsecond apart), so "newest
+        first" lists an endpoint's deliveries in reverse event order."""
+        self._last_id_us = max(now_us, self._last_id_us + 1)
+        return f"msg_{self._last_id_us:014x}{secrets.token_hex(6)}"
 
     def _later(self, seconds: float, from_us: int | None = None) -> int:
         return (self._clock.now_us() if from_us is None else from_us) + round(seconds * 1e6)
