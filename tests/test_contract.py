@@ -55,6 +55,7 @@ def test_sdk_public_api_is_pinned() -> None:
             "AgentflowError",
             "AlreadyExists",
             "AsyncClient",
+            "Cancelled",
             "DeadlineExceeded",
             "EscrowNotActive",
             "FailedPrecondition",

@@ -365,3 +365,44 @@ async def test_the_sdk_watch_resumes_across_a_restart_and_ends_when_final(start_
             ).payment
         await asyncio.wait_for(following, 20)
     assert seen == [payment, cancelled]
+
+
+async def test_the_sdk_subscription_resumes_after_a_stream_ends_cancelled() -> None:
+    """A stream ended with CANCELLED (the server cancelled it, or a keepalive went unanswered and the
+    connection was cut) is resumed like an UNAVAILABLE one. The server here is a real gRPC server whose
+    EventService cancels the first stream after two events: the service itself never does that on purpose."""
+    import grpc
+
+    from agentflow_payments.v1 import events_pb2_grpc
+
+    from .anvil import free_port
+
+    requests: list[int] = []
+
+    class Cancelling(events_pb2_grpc.EventServiceServicer):
+        async def SubscribeEvents(  # type: ignore[override]
+            self, request: events_pb2.SubscribeEventsRequest, context: grpc.aio.ServicerContext[object, object]
+        ) -> AsyncIterator[events_pb2.SubscribeEventsResponse]:
+            requests.append(request.start_after)
+            for sequence in range(request.start_after + 1, 6):
+                yield events_pb2.SubscribeEventsResponse(
+                    event=events_pb2.Event(sequence=sequence, type="payment.queued")
+                )
+                if len(requests) == 1 and sequence == 2:
+                    await context.abort(grpc.StatusCode.CANCELLED, "cancelled")
+            await asyncio.sleep(30)
+
+    port = free_port()
+    server = grpc.aio.server()
+    events_pb2_grpc.add_EventServiceServicer_to_server(Cancelling(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    try:
+        async with AsyncClient(f"127.0.0.1:{port}", ADMIN_KEY) as client:
+            stream = client.subscribe_events()
+            sequences = [(await asyncio.wait_for(stream.__anext__(), 10)).sequence for _ in range(5)]
+            await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await server.stop(0)
+    assert sequences == [1, 2, 3, 4, 5]
+    assert requests == [0, 2]

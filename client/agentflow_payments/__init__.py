@@ -11,6 +11,7 @@ from ._client import DEFAULT_TIMEOUT, AsyncClient
 from ._exceptions import (
     AgentflowError,
     AlreadyExists,
+    Cancelled,
     DeadlineExceeded,
     EscrowNotActive,
     FailedPrecondition,
@@ -43,6 +44,7 @@ __all__ = [
     "AgentflowError",
     "AlreadyExists",
     "AsyncClient",
+    "Cancelled",
     "DeadlineExceeded",
     "EscrowNotActive",
     "FailedPrecondition",

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc.aio import ClientCallDetails
 
-from ._exceptions import SubscriberTooSlow, Unavailable, from_rpc_error
+from ._exceptions import Cancelled, SubscriberTooSlow, Unavailable, from_rpc_error
 from .v1 import (
     accounts_pb2_grpc,
     admin_pb2_grpc,
@@ -147,10 +147,11 @@ class AsyncClient:
         """The events matching ``filter`` after ``start_after`` (from now with ``live_only``), then live, for
         as long as the caller iterates.
 
-        When the stream breaks (the server restarts or is unreachable, or ends it as too slow), it
-        reconnects with growing pauses up to ``max_backoff`` seconds and resumes after the last event it
-        yielded: no event is skipped or yielded twice. Heartbeats are consumed here; an idle heartbeat
-        moves the cursor to the log's head, so a resume does not replay what the filter passed over.
+        When the stream breaks (the server restarts, is unreachable or ends it as too slow, or the
+        connection is cut), it reconnects with growing pauses up to ``max_backoff`` seconds and resumes
+        after the last event it yielded: no event is skipped or yielded twice. Heartbeats are consumed here;
+        an idle heartbeat moves the cursor to the log's head, so a resume does not replay what the filter
+        passed over.
         Other errors (a bad filter, a key that may not) are raised.
         """
         last = start_after
@@ -172,7 +173,7 @@ class AsyncClient:
                         yield response.event
                     else:
                         last, known = max(last, response.heartbeat.head_sequence), True
-            except (Unavailable, SubscriberTooSlow):
+            except (Unavailable, SubscriberTooSlow, Cancelled):
                 pass
             await asyncio.sleep(pause)
             pause = min(max_backoff, pause * 2)
@@ -196,7 +197,7 @@ class AsyncClient:
                         yield payment
                     if payment.status in _FINAL:
                         return
-            except Unavailable:
+            except (Unavailable, Cancelled):
                 pass
             await asyncio.sleep(pause)
             pause = min(max_backoff, pause * 2)

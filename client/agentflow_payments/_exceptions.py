@@ -128,6 +128,11 @@ class Unavailable(AgentflowError):
     """The server cannot be reached or is shutting down; retrying later may work."""
 
 
+class Cancelled(AgentflowError):
+    """The call ended before it finished without the caller cancelling it: the server ended it, or the
+    connection broke (a keepalive went unanswered). Streams resume after it by themselves."""
+
+
 class DeadlineExceeded(AgentflowError):
     """The call's deadline passed before the server answered."""
 
@@ -160,6 +165,7 @@ _BY_CODE: dict[grpc.StatusCode, type[AgentflowError]] = {
     grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.CANCELLED: Cancelled,
 }
 
 
