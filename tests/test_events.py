@@ -230,6 +230,40 @@ async def test_a_slow_subscriber_is_cut_off_with_its_cursor_while_a_fast_one_kee
         assert [e.sequence for e in got + rest] == list(range(2, 6002))
 
 
+async def test_a_resume_within_the_recent_events_is_served_from_memory(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub keeps the newest events serialized: a stream resumed after a cut-off (or any start_after
+    near the head) replays them without reading the log; one reaching further back reads it."""
+    from agentflow_server.ledger.events import EventReader
+
+    server = await start_server(event_subscriber_backlog=1000)
+    await _funder(server)(ALICE, 10**12)
+    async with server.client() as admin:
+        live = subscribe(admin, live_only=True)
+        await asyncio.sleep(0.2)  # joined: the hub follows the log from here
+        for _ in range(5):
+            await admin.payments.SubmitPayments(
+                payments_pb2.SubmitPaymentsRequest(requests=[pay(amount=USDC) for _ in range(100)])
+            )
+        assert [e.sequence for e in await take(live, 1000)] == list(range(2, 1002))
+        reads: list[int] = []
+        original = EventReader.after
+
+        async def counted(self: EventReader, after: int, limit: int, **narrowing: object) -> object:
+            reads.append(after)
+            return await original(self, after, limit, **narrowing)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(EventReader, "after", counted)
+        resumed = await take(subscribe(admin, start_after=500), 501)
+        assert [e.sequence for e in resumed] == list(range(501, 1002))
+        assert resumed[0].payment.amount == str(USDC)
+        assert reads == []  # from memory
+        older = await take(subscribe(admin, start_after=0), 1001)
+        assert [e.sequence for e in older] == list(range(1, 1002))
+        assert reads[:1] == [0]  # the deposit came before the hub followed: from the log
+
+
 async def test_streams_end_when_the_server_stops(start_server: StartServer) -> None:
     server = await start_server()
     async with server.client() as admin:

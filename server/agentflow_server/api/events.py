@@ -102,7 +102,13 @@ class EventServicer:
             if request.live_only:
                 # From what is committed now: the hub may not have read the newest commits yet.
                 last = max(last, await self._log.head())
-            # The log up to where the subscription joined comes from the database; the rest comes live.
+            # The log up to where the subscription joined comes from the hub's recent events when they reach
+            # back far enough (a resume after a cut-off), else from the database; the rest comes live.
+            remembered = self._hub.recent(last, joined, where)
+            if remembered is not None:
+                for _event, response in remembered:
+                    yield response
+                last = joined
             while last < joined:
                 page = await read_events(self._log, last, _PAGE, where)
                 replayed = [event for event in page if event.sequence <= joined]

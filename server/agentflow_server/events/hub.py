@@ -74,7 +74,9 @@ class Subscription:
 class EventHub:
     """Follows the log and fans its new events out. Start with :meth:`start`, stop with :meth:`stop`."""
 
-    def __init__(self, log: EventReader, max_backlog: int = 10_000, poll_interval: float = 1.0) -> None:
+    def __init__(
+        self, log: EventReader, max_backlog: int = 10_000, poll_interval: float = 1.0, recent: int | None = None
+    ) -> None:
         self._log = log
         self.max_backlog = max_backlog
         self._poll_interval = poll_interval
@@ -83,11 +85,29 @@ class EventHub:
         self._task: asyncio.Task[None] | None = None
         self.head = 0
         """The newest sequence handed out to the subscribers."""
+        # The newest events read, serialized, for replays: a subscriber ended as too slow resumes from
+        # here instead of reading and serializing the log again for itself (twice the backlog by default,
+        # so that the resume of a stream cut off at the backlog finds its events here).
+        self._recent: collections.deque[tuple[StoredEvent, bytes]] = collections.deque()
+        self._recent_size = 2 * max_backlog if recent is None else recent
+        self._recent_after = 0
+        """``_recent`` holds every event after this sequence, up to ``head``."""
 
     async def start(self) -> None:
         """Start from the log's current head."""
-        self.head = await self._log.head()
+        self.head = self._recent_after = await self._log.head()
         self._task = asyncio.create_task(self._follow(), name="agentflow-event-hub")
+
+    def recent(self, after: int, until: int, where: EventFilter) -> list[tuple[StoredEvent, bytes]] | None:
+        """The events after ``after`` up to ``until`` that match ``where``, from memory; None when memory
+        does not reach back that far (read the log then)."""
+        if after < self._recent_after or until > self.head:
+            return None
+        return [
+            (event, response)
+            for event, response in self._recent
+            if after < event.sequence <= until and where.matches(event)
+        ]
 
     async def stop(self) -> None:
         """Stop following; subscribers see no more live events."""
@@ -112,7 +132,10 @@ class EventHub:
         if not self._subscriptions:
             # Nobody was listening, so the hub did not read the log: its head is behind. Whatever commits
             # after this read is read and handed out once the subscription is in.
-            self.head = max(self.head, await self._log.head())
+            head = await self._log.head()
+            if head > self.head:
+                self.head = self._recent_after = head
+                self._recent.clear()  # no longer the events just before the head
         subscription = Subscription(self, where, self.head, self.max_backlog)
         self._subscriptions.add(subscription)
         return subscription
@@ -139,14 +162,16 @@ class EventHub:
     async def _read_more(self) -> bool:
         """Hand out the next page of new events; whether a full page came (more may follow)."""
         found = await self._log.after(self.head, _PAGE)
+        recent = self._recent
         for event in found:
             if event.sequence <= self.head:
                 continue  # a subscriber moved the head past it while this page was read
-            response: bytes | None = None  # serialized once, for the first subscriber that wants it
+            response = subscribe_response_bytes(event)  # once, for every subscriber and replay
             for subscription in list(self._subscriptions):
                 if subscription.where.matches(event):
-                    if response is None:
-                        response = subscribe_response_bytes(event)
                     subscription.offer(event, response)
             self.head = event.sequence
+            recent.append((event, response))
+            if len(recent) > self._recent_size:
+                self._recent_after = recent.popleft()[0].sequence
         return len(found) == _PAGE
