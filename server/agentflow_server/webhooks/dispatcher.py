@@ -18,13 +18,14 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import heapq
 import json
 import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import json_format
 from sqlalchemy.engine import Connection
@@ -153,6 +154,8 @@ class WebhookDispatcher:
         self._fan_out_task: asyncio.Task[None] | None = None
         # Every lane's task, closed lanes' included: one may still be finishing an attempt.
         self._lane_tasks: set[asyncio.Task[None]] = set()
+        # Attempt outcomes handed to the engine and not yet committed.
+        self._recording: set[asyncio.Future[Any]] = set()
         self._stopping = False
         self._last_id_us = 0
 
@@ -187,6 +190,8 @@ class WebhookDispatcher:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        # Outcomes already handed over are committed before the engine stops.
+        await asyncio.gather(*self._recording, return_exceptions=True)
         await self._sender.close()
 
     def committed(self) -> None:
@@ -273,8 +278,12 @@ class WebhookDispatcher:
             now_us = self._clock.now_us()
             columns: dict[str, object] = {"update_time_us": now_us}
             writes: list[RecordWrite] = []
-            if changes.url is not None:
-                columns["url"] = changes.url
+            if changes.url is not None and changes.url != endpoint.url:
+                # Another endpoint as far as failures go: its record starts clean.
+                columns.update(url=changes.url, failing_since_us=None)
+                lane = self._lanes.get(webhook_id)
+                if lane is not None:
+                    lane.breaker = CircuitBreaker(self.config.breaker_threshold, self.config.breaker_reset)
             if changes.event_types is not None:
                 columns["event_types"] = changes.event_types
             if changes.description is not None:
@@ -571,15 +580,34 @@ class WebhookDispatcher:
                 "webhook disabled",
                 extra={"event": "webhook.disabled", "webhook": endpoint.name, "reason": disabled_reason},
             )
-        else:
+        elif columns:
             if not await self._store_outcome(lane, delivery, store.save_delivery(outcome, _stored(columns)), ()):
                 return
             if webhook_id in self._endpoints:
                 self._changed(webhook_id, columns)
+        else:
+            # Nothing of the endpoint changes, so the next attempt need not wait for this outcome's commit
+            # (outcomes commit in the order they are handed over). Should the server stop before it
+            # commits, the attempt is made again at start, with the same webhook-id.
+            recording = asyncio.ensure_future(self._engine.execute(StoreRecords(store.save_delivery(outcome))))
+            self._recording.add(recording)
+            recording.add_done_callback(functools.partial(self._recorded, lane, delivery))
         self._count(attempt, count, outcome.status is DeliveryStatus.FAILED)
         lane.deliveries.pop(delivery.delivery_id, None)
         if outcome.status is DeliveryStatus.PENDING:
             lane.schedule(outcome)
+
+    def _recorded(self, lane: _Lane, delivery: Delivery, recording: asyncio.Future[Any]) -> None:
+        """An outcome handed over without waiting has committed, or failed to: then the delivery is
+        attempted again a little later, as the ledger still has it."""
+        self._recording.discard(recording)
+        if recording.cancelled() or recording.exception() is None:
+            return
+        log.warning(
+            "webhook delivery %s not recorded, attempting again: %s", delivery.delivery_id, recording.exception()
+        )
+        if self._lanes.get(delivery.webhook_id) is lane:
+            lane.schedule(dataclasses.replace(delivery, next_attempt_time_us=self._later(_STORAGE_RETRY)))
 
     async def _store_outcome(
         self, lane: _Lane, delivery: Delivery, write: RecordWrite, events: tuple[NewEvent, ...]
