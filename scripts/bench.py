@@ -46,13 +46,16 @@ ROOT = Path(__file__).resolve().parent.parent
 ACCOUNTS = 64
 
 
-async def start_server(data_dir: str) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
+async def start_server(
+    data_dir: str, settings: dict[str, str] | None = None
+) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFLOW_")}
     env.update(
         AGENTFLOW_RATE_LIMIT_PER_MINUTE=str(10**12),
         AGENTFLOW_RATE_LIMIT_BURST=str(10**9),
         AGENTFLOW_MAX_QUEUE_SIZE=str(10**7),
         AGENTFLOW_MAX_BULK_SIZE="1000",
+        **(settings or {}),
     )
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -124,10 +127,12 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-async def on_fresh_server(measure: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
-    """Start a funded server on a new ledger, measure against it, stop it."""
+async def on_fresh_server(
+    measure: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]], settings: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Start a funded server on a new ledger (with these AGENTFLOW_* variables), measure against it, stop it."""
     with tempfile.TemporaryDirectory(prefix="agentflow-bench-") as data_dir:
-        process, ready = await start_server(data_dir)
+        process, ready = await start_server(data_dir, settings)
         try:
             return await measure(ready)
         finally:

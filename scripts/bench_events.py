@@ -1,10 +1,12 @@
 """The event part of the benchmark: many live subscribers, every event to each, and how late it arrives.
 
-Against a running funded server (``scripts/funded_server.py``), opens ``subscribers`` SubscribeEvents streams
-(``payment.*`` events, live) spread over several channels, then accepts ``payments`` payments in
-SubmitPayments calls of 100 and waits until every subscriber has every event. Reports whether any event was
-lost or repeated, the delivery lag (arrival at the subscriber minus the event's commit time, as the server
-recorded it; every tenth subscriber's deliveries), and the server's CPU time per delivery.
+Against a running funded server (``scripts/funded_server.py``), opens ``subscribers`` subscriptions to the
+``payment.*`` events from the head of the log, through the SDK's ``subscribe_events`` (which resumes a
+stream the server ended as too slow, as an agent's would), spread over several channels, then accepts
+``payments`` payments in SubmitPayments calls of 100 and waits until every subscriber has every event.
+Reports whether any event was lost or repeated, the delivery lag (arrival at the subscriber minus the
+event's commit time, as the server recorded it; every tenth subscriber's deliveries), and the server's CPU
+time per delivery.
 
 Run alone: ``python scripts/bench_events.py [subscribers] [payments]``, which starts its own server.
 """
@@ -12,6 +14,7 @@ Run alone: ``python scripts/bench_events.py [subscribers] [payments]``, which st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -22,7 +25,8 @@ from typing import Any
 
 import grpc
 
-from agentflow_payments.v1 import events_pb2, events_pb2_grpc, payments_pb2, payments_pb2_grpc
+from agentflow_payments import AsyncClient
+from agentflow_payments.v1 import events_pb2, payments_pb2, payments_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 _STREAMS_PER_CHANNEL = 100
@@ -34,9 +38,40 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _percentile(values: list[float], p: float) -> float:
+async def submit_in_calls_of_100(
+    stub: payments_pb2_grpc.PaymentServiceStub, accounts: list[str], payments: int, metadata: Any
+) -> None:
+    """Accept ``payments`` payments of 1 USDC between the funded accounts, in SubmitPayments calls of 100."""
+    for call in range(payments // 100):
+        requests = [
+            payments_pb2.SubmitPaymentRequest(
+                payer=accounts[(call + i) % len(accounts)],
+                payee=accounts[(call + i + 1) % len(accounts)],
+                token="USDC",
+                amount="1000000",
+            )
+            for i in range(100)
+        ]
+        await stub.SubmitPayments(payments_pb2.SubmitPaymentsRequest(requests=requests), metadata=metadata)
+
+
+def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+async def _head(ready: dict[str, Any]) -> int:
+    """The newest sequence in the log now."""
+    async with AsyncClient(ready["target"], ready["admin_key"]) as client:
+        head = 0
+        token = ""
+        while True:
+            page = await client.events.ListEvents(events_pb2.ListEventsRequest(page_size=1000, page_token=token))
+            if page.events:
+                head = page.events[-1].sequence
+            token = page.next_page_token
+            if not token:
+                return head
 
 
 async def measure_events(ready: dict[str, Any], subscribers: int = 1_000, payments: int = 10_000) -> dict[str, Any]:
@@ -44,7 +79,10 @@ async def measure_events(ready: dict[str, Any], subscribers: int = 1_000, paymen
     accounts: list[str] = ready["accounts"]
     metadata = (("authorization", f"Bearer {ready['admin_key']}"),)
     expected = 2 * payments  # payment.created and payment.queued (this server does not settle)
-    channels = [grpc.aio.insecure_channel(ready["target"]) for _ in range(-(-subscribers // _STREAMS_PER_CHANNEL))]
+    clients = [
+        AsyncClient(ready["target"], ready["admin_key"], timeout=60)
+        for _ in range(-(-subscribers // _STREAMS_PER_CHANNEL))
+    ]
     lags: list[float] = []
     counts = [0] * subscribers
     broken = [0] * subscribers  # deliveries out of sequence order (a duplicate or a step back)
@@ -52,22 +90,25 @@ async def measure_events(ready: dict[str, Any], subscribers: int = 1_000, paymen
     finished = 0
     joined = 0
     all_joined = asyncio.Event()
+    head = await _head(ready)
 
     async def subscriber(index: int) -> None:
+        # The SDK's subscription, as an agent would hold it: a stream the server ends as too slow (a burst of
+        # payments puts each subscriber far behind) resumes after the last event it yielded.
         nonlocal finished, joined
-        stub = events_pb2_grpc.EventServiceStub(channels[index // _STREAMS_PER_CHANNEL])
-        request = events_pb2.SubscribeEventsRequest(filter=events_pb2.EventFilter(types=["payment.*"]), live_only=True)
-        last = 0
+        client = clients[index // _STREAMS_PER_CHANNEL]
         sample = index % 10 == 0  # every tenth subscriber's lags: enough for percentiles, cheaper to collect
-        call = stub.SubscribeEvents(request, metadata=metadata)
-        await call.wait_for_connection()
         joined += 1
         if joined == subscribers:
             all_joined.set()
-        async for response in call:
-            if not response.HasField("event"):
-                continue
-            event = response.event
+        events = client.subscribe_events(events_pb2.EventFilter(types=["payment.*"]), start_after=head)
+        async with contextlib.aclosing(events):  # type: ignore[type-var]
+            await _follow(index, events, sample)
+
+    async def _follow(index: int, events: Any, sample: bool) -> None:
+        nonlocal finished
+        last = 0
+        async for event in events:
             if sample:
                 created = event.create_time.seconds + event.create_time.nanos / 1e9
                 lags.append(time.time() - created)
@@ -79,36 +120,39 @@ async def measure_events(ready: dict[str, Any], subscribers: int = 1_000, paymen
                 finished += 1
                 if finished == subscribers:
                     done.set()
-                call.cancel()
                 return
 
     tasks = [asyncio.create_task(subscriber(i)) for i in range(subscribers)]
     await asyncio.wait_for(all_joined.wait(), 120)
-    await asyncio.sleep(1.0)  # every stream registered with the hub (a connected stream may still be joining)
+    await asyncio.sleep(2.0)  # every stream connected and registered with the hub
     async with grpc.aio.insecure_channel(ready["target"]) as channel:
         stub = payments_pb2_grpc.PaymentServiceStub(channel)
         server_cpu = _cpu_seconds(int(ready["pid"]))
         started = time.perf_counter()
-        for call in range(payments // 100):
-            requests = [
-                payments_pb2.SubmitPaymentRequest(
-                    payer=accounts[(call + i) % len(accounts)],
-                    payee=accounts[(call + i + 1) % len(accounts)],
-                    token="USDC",
-                    amount="1000000",
-                )
-                for i in range(100)
-            ]
-            await stub.SubmitPayments(payments_pb2.SubmitPaymentsRequest(requests=requests), metadata=metadata)
+        await submit_in_calls_of_100(stub, accounts, payments, metadata)
         submit_seconds = time.perf_counter() - started
     try:
-        await asyncio.wait_for(done.wait(), 1800)
+        # Until every subscriber has every event, or nothing has arrived for a minute (then the counts
+        # say who is missing what).
+        seen = -1
+        while not done.is_set() and sum(counts) != seen:
+            seen = sum(counts)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), 60)
+        if not done.is_set():
+            failed = [t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception()]
+            short = sorted(c for c in counts if c < expected)
+            print(
+                f"bench_events: stalled with {len(short)} subscribers short (fewest {short[:5]}), "
+                f"{len(failed)} failed: {failed[:3]}",
+                file=sys.stderr,
+            )
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for channel in channels:
-            await channel.close()
+        for client in clients:
+            await client.close()
     deliver_seconds = time.perf_counter() - started
     server_cpu = _cpu_seconds(int(ready["pid"])) - server_cpu
     return {
@@ -125,7 +169,7 @@ async def measure_events(ready: dict[str, Any], subscribers: int = 1_000, paymen
         "server_cpu_us_per_delivery": round(server_cpu / max(1, sum(counts)) * 1e6, 1),
         "server_cpu_share": round(server_cpu / deliver_seconds, 2),
         "lag_p50_ms": round(statistics.median(lags) * 1000, 1),
-        "lag_p99_ms": round(_percentile(lags, 0.99) * 1000, 1),
+        "lag_p99_ms": round(percentile(lags, 0.99) * 1000, 1),
         "lag_max_ms": round(max(lags) * 1000, 1),
     }
 
