@@ -108,7 +108,7 @@ class EventServicer:
             if remembered is not None:
                 for _event, response in remembered:
                     yield response
-                last = joined
+                last = max(last, joined)
             while last < joined:
                 page = await read_events(self._log, last, _PAGE, where)
                 replayed = [event for event in page if event.sequence <= joined]
