@@ -32,6 +32,14 @@ ROOT = Path(__file__).resolve().parent.parent
 _STREAMS_PER_CHANNEL = 100
 
 
+def _peak_rss_mb(pid: int) -> float:
+    """The most memory a process has held so far (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def _cpu_seconds(pid: int) -> float:
     """CPU time (user and system) a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -171,6 +179,7 @@ async def measure_events(ready: dict[str, Any], subscribers: int = 1_000, paymen
         "lag_p50_ms": round(statistics.median(lags) * 1000, 1),
         "lag_p99_ms": round(percentile(lags, 0.99) * 1000, 1),
         "lag_max_ms": round(max(lags) * 1000, 1),
+        "server_peak_rss_mb": round(_peak_rss_mb(int(ready["pid"]))),
     }
 
 

@@ -440,3 +440,30 @@ async def test_the_sdk_subscription_resumes_after_a_stream_ends_cancelled() -> N
         await server.stop(0)
     assert sequences == [1, 2, 3, 4, 5]
     assert requests == [0, 2]
+
+
+async def test_a_stream_the_client_cancels_ends_without_an_error_on_the_server(start_server: StartServer) -> None:
+    """A client that goes away while the server is blocked sending it events: the server's stream is then
+    closed by the event loop's async-generator finalizer, in another context, and that must not raise (it
+    did: resetting the caller's key outside the RPC's context)."""
+    import gc
+
+    server = await start_server()
+    await _funder(server)(ALICE, 10**12)
+    loop_errors: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: loop_errors.append(context))
+    async with server.client() as admin:
+        for _ in range(10):
+            await admin.payments.SubmitPayments(
+                payments_pb2.SubmitPaymentsRequest(requests=[pay(amount=USDC) for _ in range(100)])
+            )
+    for _ in range(3):
+        # Small transport windows: the server's writes block on flow control after a few events.
+        slow = AsyncClient(server.target, ADMIN_KEY, options=[("grpc.http2.bdp_probe", 0)])
+        stream = subscribe(slow)
+        await take(stream, 1)
+        await slow.close()
+    await asyncio.sleep(0.5)
+    gc.collect()
+    await asyncio.sleep(0.2)
+    assert [str(c.get("exception")) for c in loop_errors] == []

@@ -7,6 +7,7 @@ the handler's behaviour to reach the request (a bulk call's cost is its size).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import time
@@ -270,7 +271,11 @@ class AuthInterceptor(ServerInterceptor):
                     async for response in _responses(behavior, request, context):
                         yield response
                 finally:
-                    reset_principal(token)
+                    # A stream the client cancelled is closed by the event loop's async-generator finalizer,
+                    # in another task's context, where there is nothing to reset (the RPC's own context
+                    # went with its task); resetting there raises ValueError.
+                    with contextlib.suppress(ValueError):
+                        reset_principal(token)
 
             return call
 
