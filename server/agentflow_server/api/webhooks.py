@@ -138,7 +138,7 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
         fields.page_size(request.page_size)
         before = fields.id_cursor(request.page_token, _WEBHOOK_ID)
         fields.check()
-        size = min(request.page_size or 100, 1000)
+        size = pagination.page_size(request.page_size)
         principal = current_principal()
         mine = [
             e
@@ -253,7 +253,7 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
         before = fields.id_cursor(request.page_token, _DELIVERY_ID)
         fields.check()
         self._visible(webhook_id)
-        size = min(request.page_size or 100, 1000)
+        size = pagination.page_size(request.page_size)
         found = await self._reader.deliveries(webhook_id, status, size + 1, before)
         response = webhooks_pb2.ListWebhookDeliveriesResponse(deliveries=[delivery_message(d) for d in found[:size]])
         if len(found) > size:
