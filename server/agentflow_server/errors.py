@@ -54,3 +54,9 @@ def invalid_fields(violations: Sequence[FieldViolation]) -> ApiError:
 def payment_not_found(name: str) -> ApiError:
     """NOT_FOUND for a payment that does not exist, or that the caller may not see (so ids are not probed)."""
     return ApiError(Reason.PAYMENT_NOT_FOUND, f"no payment {name}", metadata={"name": name})
+
+
+def webhook_not_found(webhook_id: str) -> ApiError:
+    """NOT_FOUND for an endpoint that does not exist, or that the caller's key does not own."""
+    name = f"webhooks/{webhook_id}"
+    return ApiError(Reason.WEBHOOK_NOT_FOUND, f"no webhook {name}", metadata={"name": name})

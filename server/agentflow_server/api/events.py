@@ -8,7 +8,7 @@ a message per stream.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -34,15 +34,21 @@ _PAGE = 1000
 _SCAN_LIMIT = 10_000
 
 
+def event_type_patterns(fields: Fields, field: str, patterns: Sequence[str]) -> tuple[str, ...]:
+    """Checked event type patterns (types or ``family.*`` wildcards, at most 32), without repeats."""
+    if len(patterns) > _MAX_TYPES:
+        fields.add(field, f"must hold at most {_MAX_TYPES} types")
+    for index, pattern in enumerate(patterns):
+        problem = check_type_pattern(pattern)
+        if problem is not None:
+            fields.add(f"{field}[{index}]", problem)
+    return tuple(dict.fromkeys(patterns))
+
+
 def event_filter(tokens: TokenRegistry, request_filter: events_pb2.EventFilter) -> EventFilter:
     """The checked filter of a request, limited to what the caller's key may see."""
     fields = Fields(tokens)
-    if len(request_filter.types) > _MAX_TYPES:
-        fields.add("filter.types", f"must hold at most {_MAX_TYPES} types")
-    for index, pattern in enumerate(request_filter.types):
-        problem = check_type_pattern(pattern)
-        if problem is not None:
-            fields.add(f"filter.types[{index}]", problem)
+    event_type_patterns(fields, "filter.types", request_filter.types)
     address = fields.optional_address("filter.address", request_filter.address)
     task_id = fields.text("filter.task_id", request_filter.task_id, MAX_TASK_ID) or None
     resource = request_filter.resource or None

@@ -12,13 +12,12 @@ import hashlib
 import logging
 import re
 
-from agentflow_payments import Reason
 from agentflow_payments.v1 import webhooks_pb2, webhooks_pb2_grpc
 
 from ..auth import current_principal
 from ..clock import Clock
-from ..errors import ApiError, invalid_field
-from ..events.filter import EVENT_TYPES, check_type_pattern
+from ..errors import invalid_field, webhook_not_found
+from ..events.filter import EVENT_TYPES
 from ..ledger.webhooks import WebhookReader
 from ..tokens import TokenRegistry
 from ..webhooks.dispatcher import EndpointChanges, WebhookDispatcher
@@ -29,6 +28,7 @@ from ..webhooks.urls import check_url
 from ..wire import timestamp
 from . import pagination
 from .context import Context
+from .events import event_type_patterns
 from .validation import Fields, resource_id
 
 audit = logging.getLogger("agentflow.audit")
@@ -36,22 +36,11 @@ audit = logging.getLogger("agentflow.audit")
 _WEBHOOK_ID = re.compile(r"[0-9a-f]{22}")
 _DELIVERY_ID = re.compile(r"msg_[0-9a-f]{26}")
 _DELIVERY_NAME = re.compile(r"webhooks/([0-9a-f]{22})/deliveries/(msg_[0-9a-f]{26})")
-_MAX_TYPES = 32
 _MAX_DESCRIPTION = 256
 _DEFAULT_GRACE = datetime.timedelta(hours=24)
 _MAX_GRACE = datetime.timedelta(days=7)
 _UPDATABLE = ("url", "event_types", "description", "state")
 TEST_EVENT_TYPE = "webhook.test"
-
-
-def _event_types(fields: Fields, field: str, patterns: list[str]) -> tuple[str, ...]:
-    if len(patterns) > _MAX_TYPES:
-        fields.add(field, f"must hold at most {_MAX_TYPES} types")
-    for index, pattern in enumerate(patterns):
-        problem = check_type_pattern(pattern)
-        if problem is not None:
-            fields.add(f"{field}[{index}]", problem)
-    return tuple(dict.fromkeys(patterns))
 
 
 def _url(fields: Fields, field: str, url: str) -> str:
@@ -89,8 +78,7 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
         principal = current_principal()
         endpoint = self._dispatcher.endpoint(webhook_id)
         if endpoint is None or not (principal.is_admin or endpoint.owner_key_id == principal.key_id):
-            name = f"webhooks/{webhook_id}"
-            raise ApiError(Reason.WEBHOOK_NOT_FOUND, f"no webhook {name}", metadata={"name": name})
+            raise webhook_not_found(webhook_id)
         return endpoint
 
     def _message(self, endpoint: Endpoint) -> webhooks_pb2.Webhook:
@@ -101,7 +89,7 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
     ) -> webhooks_pb2.CreateWebhookResponse:
         fields = self._fields()
         url = _url(fields, "url", request.url)
-        event_types = _event_types(fields, "event_types", list(request.event_types))
+        event_types = event_type_patterns(fields, "event_types", request.event_types)
         if request.secret:
             problem = check_secret(request.secret)
             if problem is not None:
@@ -166,7 +154,7 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
         if "url" in paths:
             url = _url(fields, "webhook.url", webhook.url)
         if "event_types" in paths:
-            event_types = _event_types(fields, "webhook.event_types", list(webhook.event_types))
+            event_types = event_type_patterns(fields, "webhook.event_types", webhook.event_types)
         if "description" in paths:
             description = fields.text("webhook.description", webhook.description, _MAX_DESCRIPTION, single_line=True)
         if "state" in paths:

@@ -8,7 +8,7 @@ for SQLite's write lock, and a ``webhook.disabled`` event is written with the st
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,10 +17,8 @@ from sqlalchemy.engine import Connection
 
 from ..webhooks.model import Attempt, Delivery, DeliveryStatus, Endpoint, EndpointState, SigningSecret
 from .database import Database
+from .group import RecordWrite
 from .schema import webhook_deliveries, webhooks
-
-Write = Callable[[Connection], None]
-"""Rows to write, run on the engine's writer thread inside a group's transaction."""
 
 
 def endpoint_row(endpoint: Endpoint) -> dict[str, Any]:
@@ -121,21 +119,43 @@ def delivery_from_row(row: Mapping[Any, Any]) -> Delivery:
 # -- writes (run by the engine) ------------------------------------------------------------------------
 
 
-def insert_endpoint(endpoint: Endpoint) -> Write:
+def insert_endpoint(endpoint: Endpoint) -> RecordWrite:
     """Write a new endpoint."""
     row = endpoint_row(endpoint)
     return lambda connection: _run(connection, sa.insert(webhooks).values(row))
 
 
-def update_endpoint(webhook_id: str, columns: Mapping[str, Any]) -> Write:
-    """Change some columns of an endpoint (only those: a change never overwrites another's columns)."""
-    values = dict(columns)
+def _endpoint_columns(columns: Mapping[str, Any]) -> dict[str, Any]:
+    """Endpoint fields (as :class:`Endpoint` holds them) in the form the table stores them."""
+    stored = dict(columns)
+    if "event_types" in stored:
+        stored["event_types"] = json.dumps(list(stored["event_types"]))
+    if "secrets" in stored:
+        stored["secrets"] = secrets_column(stored["secrets"])
+    if "state" in stored:
+        stored["state"] = int(stored["state"])
+    return stored
+
+
+def together(*writes: RecordWrite) -> RecordWrite:
+    """Several writes as one, in order."""
+
+    def write(connection: Connection) -> None:
+        for each in writes:
+            each(connection)
+
+    return write
+
+
+def update_endpoint(webhook_id: str, columns: Mapping[str, Any]) -> RecordWrite:
+    """Change some fields of an endpoint (only those: a change never overwrites another's columns)."""
+    values = _endpoint_columns(columns)
     return lambda connection: _run(
         connection, sa.update(webhooks).where(webhooks.c.webhook_id == webhook_id).values(values)
     )
 
 
-def delete_endpoint(webhook_id: str) -> Write:
+def delete_endpoint(webhook_id: str) -> RecordWrite:
     """Delete an endpoint and every delivery it has."""
 
     def write(connection: Connection) -> None:
@@ -145,7 +165,7 @@ def delete_endpoint(webhook_id: str) -> Write:
     return write
 
 
-def fan_out(deliveries: list[Delivery], cursors: Mapping[str, int]) -> Write:
+def fan_out(deliveries: list[Delivery], cursors: Mapping[str, int]) -> RecordWrite:
     """New deliveries and how far each endpoint's cursor moved, together: after a crash the log is fanned
     out again from the cursors, so each (event, endpoint) gets exactly one delivery."""
     rows = [delivery_row(d) for d in deliveries]
@@ -161,12 +181,12 @@ def fan_out(deliveries: list[Delivery], cursors: Mapping[str, int]) -> Write:
     return write
 
 
-def save_delivery(delivery: Delivery, endpoint_columns: Mapping[str, Any] | None = None) -> Write:
-    """A delivery's new state (after an attempt, or a manual retry), with the endpoint's columns that the
+def save_delivery(delivery: Delivery, endpoint_columns: Mapping[str, Any] | None = None) -> RecordWrite:
+    """A delivery's new state (after an attempt, or a manual retry), with the endpoint's fields that the
     attempt changed. A delivery whose endpoint was deleted meanwhile stays deleted."""
     row = delivery_row(delivery)
     del row["delivery_id"]
-    columns = dict(endpoint_columns or {})
+    columns = _endpoint_columns(endpoint_columns or {})
 
     def write(connection: Connection) -> None:
         connection.execute(
@@ -178,7 +198,7 @@ def save_delivery(delivery: Delivery, endpoint_columns: Mapping[str, Any] | None
     return write
 
 
-def fail_pending(webhook_id: str, now_us: int) -> Write:
+def fail_pending(webhook_id: str, now_us: int) -> RecordWrite:
     """Mark every pending delivery of an endpoint failed (it was disabled)."""
     c = webhook_deliveries.c
     return lambda connection: _run(

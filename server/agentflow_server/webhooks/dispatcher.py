@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf import json_format
-from sqlalchemy.engine import Connection
 
 from agentflow_payments import FieldViolation, Reason
 from agentflow_payments.v1 import events_pb2
@@ -37,7 +36,7 @@ from ..activity import Activity
 from ..breaker import CircuitBreaker
 from ..clock import Clock
 from ..engine.commands import NewEvent, StoreRecords
-from ..errors import ApiError
+from ..errors import ApiError, webhook_not_found
 from ..events.filter import EventFilter
 from ..ledger import StorageError
 from ..ledger import webhooks as store
@@ -295,7 +294,9 @@ class WebhookDispatcher:
                     columns.update(disabled_reason="", cursor=await self._log.head(), failing_since_us=None)
                 elif endpoint.state is EndpointState.ENABLED:
                     writes.append(store.fail_pending(webhook_id, now_us))
-            await self._engine.execute(StoreRecords(_all(store.update_endpoint(webhook_id, _stored(columns)), *writes)))
+            await self._engine.execute(
+                StoreRecords(store.together(store.update_endpoint(webhook_id, columns), *writes))
+            )
             endpoint = self._changed(webhook_id, columns)
         return endpoint
 
@@ -325,7 +326,7 @@ class WebhookDispatcher:
             fresh = SigningSecret(secret or new_secret())
             rotated = (*kept[-(_MAX_SECRETS - 1) :], fresh)
             columns: dict[str, object] = {"secrets": rotated, "update_time_us": now_us}
-            await self._engine.execute(StoreRecords(store.update_endpoint(webhook_id, _stored(columns))))
+            await self._engine.execute(StoreRecords(store.update_endpoint(webhook_id, columns)))
             endpoint = self._changed(webhook_id, columns)
         log.info("webhook secret rotated", extra={"event": "webhook.secret_rotated", "webhook": endpoint.name})
         return endpoint, fresh.secret, expire_us
@@ -569,8 +570,8 @@ class WebhookDispatcher:
                     update_time_us=attempt.attempt_time_us,
                 )
                 disabled = dataclasses.replace(endpoint, **columns)  # type: ignore[arg-type]
-                write = _all(
-                    store.save_delivery(outcome, _stored(columns)),
+                write = store.together(
+                    store.save_delivery(outcome, columns),
                     store.fail_pending(webhook_id, attempt.attempt_time_us),
                 )
                 if not await self._store_outcome(lane, delivery, write, (self._disabled_event(disabled),)):
@@ -581,7 +582,7 @@ class WebhookDispatcher:
                 extra={"event": "webhook.disabled", "webhook": endpoint.name, "reason": disabled_reason},
             )
         elif columns:
-            if not await self._store_outcome(lane, delivery, store.save_delivery(outcome, _stored(columns)), ()):
+            if not await self._store_outcome(lane, delivery, store.save_delivery(outcome, columns), ()):
                 return
             if webhook_id in self._endpoints:
                 self._changed(webhook_id, columns)
@@ -648,8 +649,7 @@ class WebhookDispatcher:
     def _require(self, webhook_id: str) -> Endpoint:
         endpoint = self._endpoints.get(webhook_id)
         if endpoint is None:
-            name = f"webhooks/{webhook_id}"
-            raise ApiError(Reason.WEBHOOK_NOT_FOUND, f"no webhook {name}", metadata={"name": name})
+            raise webhook_not_found(webhook_id)
         return endpoint
 
     def _changed(self, webhook_id: str, columns: dict[str, object]) -> Endpoint:
@@ -657,7 +657,7 @@ class WebhookDispatcher:
         endpoint deleted meanwhile stays deleted: its row's update changed nothing either.)"""
         endpoint = self._endpoints.get(webhook_id)
         if endpoint is None:
-            raise ApiError(Reason.WEBHOOK_NOT_FOUND, f"no webhook webhooks/{webhook_id}")
+            raise webhook_not_found(webhook_id)
         if columns:
             endpoint = dataclasses.replace(endpoint, **columns)  # type: ignore[arg-type]
             self._endpoints[webhook_id] = endpoint
@@ -698,25 +698,3 @@ class WebhookDispatcher:
 def _json(event: events_pb2.Event) -> bytes:
     """The delivery body: the event in protobuf's JSON mapping, compact."""
     return json.dumps(json_format.MessageToDict(event), separators=(",", ":")).encode()
-
-
-def _stored(columns: dict[str, object]) -> dict[str, object]:
-    """Endpoint columns as the table stores them."""
-    stored = dict(columns)
-    if "event_types" in stored:
-        stored["event_types"] = json.dumps(list(stored["event_types"]))  # type: ignore[call-overload]
-    if "secrets" in stored:
-        stored["secrets"] = store.secrets_column(stored["secrets"])  # type: ignore[arg-type]
-    if "state" in stored:
-        stored["state"] = int(stored["state"])  # type: ignore[call-overload]
-    return stored
-
-
-def _all(*writes: RecordWrite) -> RecordWrite:
-    """Several writes as one."""
-
-    def write(connection: Connection) -> None:
-        for each in writes:
-            each(connection)
-
-    return write
