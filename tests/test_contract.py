@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 import subprocess
 import sys
@@ -56,6 +57,7 @@ def test_sdk_public_api_is_pinned() -> None:
             "AlreadyExists",
             "AsyncClient",
             "Cancelled",
+            "Client",
             "DeadlineExceeded",
             "EscrowNotActive",
             "FailedPrecondition",
@@ -67,11 +69,13 @@ def test_sdk_public_api_is_pinned() -> None:
             "InvalidAttestation",
             "InvalidToken",
             "NotFound",
+            "Page",
             "PermissionDenied",
             "QueueFull",
             "RateLimited",
             "Reason",
             "ResourceExhausted",
+            "RetryConfig",
             "SubscriberTooSlow",
             "Unauthenticated",
             "Unavailable",
@@ -86,6 +90,24 @@ def test_sdk_public_api_is_pinned() -> None:
     )
     for name in agentflow_payments.__all__:
         assert hasattr(agentflow_payments, name), name
+
+
+def test_every_rpc_has_one_typed_method_alike_in_both_clients() -> None:
+    """AsyncClient has a snake_case method per RPC of the contract, documented, and Client the same one with
+    the same parameters: a new RPC without its method fails here."""
+    rpcs = {
+        re.sub(r"(?<!^)(?=[A-Z])", "_", method.name).lower()
+        for module in SERVICE_MODULES
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    }
+    assert len(rpcs) == 36
+    for name in sorted(rpcs):
+        method = getattr(agentflow_payments.AsyncClient, name)
+        blocking = getattr(agentflow_payments.Client, name)
+        assert method.__doc__, name
+        assert inspect.signature(blocking).parameters == inspect.signature(method).parameters, name
+        assert blocking.__doc__ == method.__doc__, name
 
 
 def test_sdk_installs_with_only_grpcio_protobuf_and_grpcio_status() -> None:

@@ -1,13 +1,15 @@
 """Python SDK for AgentFlow Payments.
 
-``AsyncClient`` talks to the service; ``agentflow_payments.v1`` holds the
-generated messages and stubs; failed calls raise ``AgentflowError`` subclasses
-whose ``reason`` is one of ``Reason``.
+``AsyncClient`` (for asyncio) and ``Client`` (blocking) talk to the service
+with one typed method per RPC; ``agentflow_payments.v1`` holds the generated
+messages and stubs; failed calls raise ``AgentflowError`` subclasses whose
+``reason`` is one of ``Reason``; ``verify_webhook`` checks a delivery.
 """
 
 from . import v1
 from ._attestation import attestation_message
 from ._client import DEFAULT_TIMEOUT, AsyncClient
+from ._convert import Page
 from ._exceptions import (
     AgentflowError,
     AlreadyExists,
@@ -34,6 +36,8 @@ from ._exceptions import (
     from_rpc_error,
 )
 from ._reasons import ERROR_DOMAIN, Reason
+from ._retry import RetryConfig
+from ._sync import Client
 from ._webhooks import WebhookVerificationError, sign_webhook, verify_webhook
 
 __version__ = "0.1.0"
@@ -45,6 +49,7 @@ __all__ = [
     "AlreadyExists",
     "AsyncClient",
     "Cancelled",
+    "Client",
     "DeadlineExceeded",
     "EscrowNotActive",
     "FailedPrecondition",
@@ -56,11 +61,13 @@ __all__ = [
     "InvalidAttestation",
     "InvalidToken",
     "NotFound",
+    "Page",
     "PermissionDenied",
     "QueueFull",
     "RateLimited",
     "Reason",
     "ResourceExhausted",
+    "RetryConfig",
     "SubscriberTooSlow",
     "Unauthenticated",
     "Unavailable",

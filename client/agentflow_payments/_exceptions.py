@@ -204,6 +204,27 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> AgentflowError:
                 retry = error_details_pb2.RetryInfo()
                 detail.Unpack(retry)
                 retry_delay = retry.retry_delay.ToTimedelta()
+    return _error(code, reason, message, metadata, violations, retry_delay)
+
+
+def from_item_error(item: Any) -> AgentflowError:
+    """The :class:`AgentflowError` for one refused item of a batch call (a ``v1.common_pb2.ItemError``)."""
+    code = _CODES.get(item.code, grpc.StatusCode.UNKNOWN)
+    violations = [FieldViolation(v.field, v.description) for v in item.field_violations]
+    return _error(code, _reason(item.reason), item.message, dict(item.metadata), violations, None)
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _error(
+    code: grpc.StatusCode,
+    reason: Reason | str,
+    message: str,
+    metadata: Mapping[str, str],
+    violations: Sequence[FieldViolation],
+    retry_delay: datetime.timedelta | None,
+) -> AgentflowError:
     cls = _BY_REASON.get(reason) or _BY_CODE.get(code, InternalError)
     return cls(
         code,

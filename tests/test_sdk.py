@@ -1,0 +1,270 @@
+"""The Python SDK's typed methods, its blocking Client and its retries, against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from agentflow_payments import (
+    AgentflowError,
+    AsyncClient,
+    Client,
+    FailedPrecondition,
+    InsufficientBalance,
+    InvalidArgument,
+    NotFound,
+    Page,
+    Reason,
+    RetryConfig,
+    Unavailable,
+)
+from agentflow_payments import _convert as convert
+from agentflow_payments.v1 import common_pb2, escrow_pb2, payments_pb2, webhooks_pb2
+
+from .conftest import ADMIN_KEY, ALICE, BOB, RunningServer, StartServer
+from .proxy import FaultyProxy
+from .test_payments import CAROL, USDC, Fund, _funder
+
+
+@pytest.fixture
+def fund(server: RunningServer) -> Fund:
+    return _funder(server)
+
+
+@pytest.fixture
+async def proxy(server: RunningServer) -> AsyncIterator[FaultyProxy]:
+    proxy = await FaultyProxy(server.service.endpoints.grpc_port).start()
+    yield proxy
+    await proxy.stop()
+
+
+async def test_typed_methods_take_python_values_and_return_messages(admin: AsyncClient, fund: Fund) -> None:
+    await fund(ALICE, 100 * USDC)
+    payment = await admin.submit_payment(ALICE, BOB, "USDC", 10 * USDC, priority="high", metadata={"job": "7"})
+    assert payment.status == payments_pb2.PAYMENT_STATUS_QUEUED
+    assert payment.priority == common_pb2.PRIORITY_HIGH
+    assert payment.amount == str(10 * USDC)
+    assert payment.request_id, "the SDK gives every submission a request id"
+
+    fee = await admin.quote_fee(ALICE, "USDC", 10 * USDC, priority="PRIORITY_HIGH")
+    assert fee.total == payment.fee.total
+
+    assert await admin.get_payment(payment.name) == payment
+    page = await admin.list_payments(payer=ALICE, status="queued", page_size=10)
+    assert isinstance(page, Page)
+    assert [p.name for p in page.items] == [payment.name]
+    assert page.next_page_token == ""
+    assert (await admin.list_payments(payer=ALICE, status="completed")).items == []
+
+    (balance,) = await admin.get_balances(ALICE, ["USDC"])
+    assert int(balance.reserved) == 10 * USDC + int(fee.total)
+    assert int(balance.available) + int(balance.reserved) == 100 * USDC
+
+    cancelled = await admin.cancel_payment(payment.name, "changed my mind")
+    assert cancelled.status == payments_pb2.PAYMENT_STATUS_CANCELLED
+    (balance,) = await admin.get_balances(ALICE, ["USDC"])
+    assert int(balance.available) == 100 * USDC
+
+    entries = await admin.list_ledger_entries(ALICE, token="USDC")
+    assert entries.items, "the deposit and the reservation are journalled"
+    events = await admin.list_events(types=["payment.*"], resource=payment.name)
+    assert [e.type for e in events.items] == ["payment.created", "payment.queued", "payment.cancelled"]
+
+
+async def test_escrow_methods(admin: AsyncClient, fund: Fund) -> None:
+    await fund(ALICE, 100 * USDC)
+    escrow = await admin.create_escrow(
+        ALICE, BOB, "USDC", 20 * USDC, task_id="task-1", expire_time=datetime.timedelta(hours=1)
+    )
+    assert escrow.status == escrow_pb2.ESCROW_STATUS_ACTIVE
+    assert escrow.release_condition == escrow_pb2.RELEASE_CONDITION_PAYER_APPROVAL
+    released = await admin.release_escrow(escrow.name, 5 * USDC)
+    assert released.payment.amount == str(5 * USDC)
+    assert (await admin.get_escrow(escrow.name)).held_amount == str(15 * USDC)
+    refunded = await admin.refund_escrow(escrow.name, "task abandoned")
+    assert refunded.status == escrow_pb2.ESCROW_STATUS_REFUNDED
+    assert [e.name for e in (await admin.list_escrows(task_id="task-1", status="refunded")).items] == [escrow.name]
+
+
+async def test_webhook_methods(start_server: StartServer) -> None:
+    server = await start_server(webhook_allow_private=True)
+    async with server.client() as admin:
+        await _webhook_methods(admin)
+
+
+async def _webhook_methods(admin: AsyncClient) -> None:
+    # Nothing listens there: the endpoint is disabled before anything is sent.
+    created = await admin.create_webhook("http://127.0.0.1:9/agentflow", ["payment.*"], description="ops")
+    assert created.secret.startswith("whsec_")
+    updated = await admin.update_webhook(created.webhook.name, state="disabled", description="paused")
+    assert updated.state == webhooks_pb2.WEBHOOK_STATE_DISABLED
+    assert updated.description == "paused"
+    assert list(updated.event_types) == ["payment.*"], "fields not given are kept"
+    assert [w.name for w in (await admin.list_webhooks()).items] == [created.webhook.name]
+    assert (await admin.list_webhook_deliveries(created.webhook.name, status="failed")).items == []
+    await admin.delete_webhook(created.webhook.name)
+    with pytest.raises(NotFound):
+        await admin.get_webhook(created.webhook.name)
+
+
+async def test_submit_payments_returns_each_payment_or_its_error_in_order(admin: AsyncClient, fund: Fund) -> None:
+    await fund(ALICE, 100 * USDC)
+    results = await admin.submit_payments(
+        [
+            {"payer": ALICE, "payee": BOB, "token": "USDC", "amount": USDC},
+            payments_pb2.SubmitPaymentRequest(payer=ALICE, payee=CAROL, token="USDC", amount="not a number"),
+            {"payer": ALICE, "payee": CAROL, "token": "USDC", "amount": 1000 * USDC},
+            {"payer": ALICE, "payee": CAROL, "token": "USDC", "amount": 2 * USDC, "priority": "urgent"},
+        ]
+    )
+    first, bad, poor, urgent = results
+    assert isinstance(first, payments_pb2.Payment)
+    assert isinstance(bad, InvalidArgument)
+    assert bad.reason == Reason.INVALID_FIELD
+    assert [v.field for v in bad.field_violations] == ["requests[1].amount"]
+    assert isinstance(poor, InsufficientBalance)
+    assert poor.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert isinstance(urgent, payments_pb2.Payment)
+    assert urgent.priority == common_pb2.PRIORITY_URGENT
+
+
+async def test_errors_are_typed_and_name_the_field(admin: AsyncClient, fund: Fund) -> None:
+    await fund(ALICE, USDC)
+    with pytest.raises(InsufficientBalance) as poor:
+        await admin.submit_payment(ALICE, BOB, "USDC", 5 * USDC)
+    assert poor.value.reason == Reason.INSUFFICIENT_BALANCE
+    with pytest.raises(InvalidArgument) as bad:
+        await admin.submit_payment(ALICE, "0x1234", "USDC", 1)
+    assert [v.field for v in bad.value.field_violations] == ["payee"]
+    with pytest.raises(NotFound):
+        await admin.get_payment("payments/" + "0" * 22)
+    (balance,) = await admin.get_balances(ALICE, ["USDC"])
+    assert int(balance.available) == USDC, "refused calls change nothing"
+
+
+async def test_caller_mistakes_fail_before_anything_is_sent(admin: AsyncClient) -> None:
+    with pytest.raises(TypeError, match="amount must be an int"):
+        await admin.submit_payment(ALICE, BOB, "USDC", 1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="low, normal, high, urgent"):
+        await admin.submit_payment(ALICE, BOB, "USDC", 1, priority="asap")
+    with pytest.raises(ValueError, match="timezone-aware"):
+        await admin.create_escrow(ALICE, BOB, "USDC", 1, expire_time=datetime.datetime(2030, 1, 1))
+    with pytest.raises(TypeError, match="not one string"):
+        await admin.get_balances(ALICE, "USDC")
+    assert (await admin.list_payments()).items == [], "nothing reached the server"
+
+
+def test_enums_are_taken_by_any_of_their_names() -> None:
+    for value in ("high", "HIGH", "PRIORITY_HIGH", common_pb2.PRIORITY_HIGH):
+        assert convert.enum(common_pb2.Priority, value, "priority") == common_pb2.PRIORITY_HIGH
+    assert convert.enum(common_pb2.Priority, None, "priority") == common_pb2.PRIORITY_UNSPECIFIED
+    assert convert.enum(escrow_pb2.ReleaseCondition, "verifier-attestation", "release_condition") == (
+        escrow_pb2.RELEASE_CONDITION_VERIFIER_ATTESTATION
+    )
+    with pytest.raises(ValueError, match="unspecified"):
+        convert.enum(common_pb2.Priority, "unspecified", "priority")
+    with pytest.raises(ValueError, match="is not a Priority"):
+        convert.enum(common_pb2.Priority, 9, "priority")
+    assert convert.enum_name(payments_pb2.PaymentStatus, payments_pb2.PAYMENT_STATUS_COMPLETED) == "completed"
+
+
+def test_retry_pauses_grow_within_their_bounds() -> None:
+    config = RetryConfig(max_attempts=5, initial_backoff=0.1, max_backoff=0.3, multiplier=2)
+    for attempt, bound in ((1, 0.1), (2, 0.2), (3, 0.3), (4, 0.3)):
+        pauses = [config.pause(attempt) for _ in range(200)]
+        assert all(0 <= p <= bound for p in pauses)
+        assert max(pauses) > bound / 2, "full jitter spreads over the whole bound"
+    with pytest.raises(ValueError, match="max_attempts"):
+        RetryConfig(max_attempts=0)
+
+
+async def test_a_submission_retried_after_a_dropped_connection_pays_once(
+    server: RunningServer, fund: Fund, proxy: FaultyProxy
+) -> None:
+    await fund(ALICE, 100 * USDC)
+    async with AsyncClient(proxy.target, ADMIN_KEY, timeout=5) as client:
+        await client.get_balances(ALICE)  # the connection is up, so the next big frame is the answer
+        proxy.cut_next_answer = True
+        payment = await client.submit_payment(ALICE, BOB, "USDC", 10 * USDC)
+    assert proxy.cuts == 1, "the first answer was lost on the way"
+    async with server.client() as direct:
+        payments = (await direct.list_payments(payer=ALICE)).items
+        (balance,) = await direct.get_balances(ALICE, ["USDC"])
+    assert [p.name for p in payments] == [payment.name], "one payment, though the server was asked twice"
+    assert int(balance.available) == 100 * USDC - 10 * USDC - int(payment.fee.total)
+
+
+async def test_without_retries_the_dropped_answer_is_unavailable_and_the_payment_was_made(
+    server: RunningServer, fund: Fund, proxy: FaultyProxy
+) -> None:
+    """What the retry above recovers from: the server did the work, the client heard nothing."""
+    await fund(ALICE, 100 * USDC)
+    async with AsyncClient(proxy.target, ADMIN_KEY, timeout=5, retry=RetryConfig(max_attempts=1)) as client:
+        await client.get_balances(ALICE)
+        proxy.cut_next_answer = True
+        with pytest.raises(Unavailable):
+            await client.submit_payment(ALICE, BOB, "USDC", 10 * USDC, request_id="req-1")
+        # The caller's own retry with the same id is answered from the idempotency record.
+        again = await client.submit_payment(ALICE, BOB, "USDC", 10 * USDC, request_id="req-1")
+    async with server.client() as direct:
+        assert [p.name for p in (await direct.list_payments(payer=ALICE)).items] == [again.name]
+
+
+async def test_a_call_that_can_act_twice_is_not_retried(server: RunningServer, fund: Fund, proxy: FaultyProxy) -> None:
+    await fund(ALICE, 100 * USDC)
+    async with AsyncClient(proxy.target, ADMIN_KEY, timeout=5) as client:
+        payment = await client.submit_payment(ALICE, BOB, "USDC", USDC)
+        proxy.cut_next_answer = True
+        with pytest.raises(Unavailable):
+            await client.cancel_payment(payment.name)
+        # It was cancelled the first time: a blind retry would have failed on its own success.
+        with pytest.raises(FailedPrecondition) as refused:
+            await client.cancel_payment(payment.name)
+    assert refused.value.reason == Reason.PAYMENT_NOT_CANCELLABLE
+
+
+async def test_an_attempt_past_its_deadline_is_retried_with_the_same_request_id(
+    server: RunningServer, fund: Fund, proxy: FaultyProxy
+) -> None:
+    await fund(ALICE, 100 * USDC)
+    retry = RetryConfig(max_attempts=3, initial_backoff=0.05)
+    async with AsyncClient(proxy.target, ADMIN_KEY, timeout=1.0, retry=retry) as client:
+        await client.get_balances(ALICE)
+        proxy.stall_next_answer = 1.5
+        payment = await client.submit_payment(ALICE, BOB, "USDC", 3 * USDC)
+    assert proxy.stalls == 1
+    async with server.client() as direct:
+        assert [p.name for p in (await direct.list_payments(payer=ALICE)).items] == [payment.name]
+
+
+async def test_the_blocking_client_has_the_same_methods(server: RunningServer, fund: Fund) -> None:
+    await fund(ALICE, 100 * USDC)
+
+    def script() -> tuple[payments_pb2.Payment, list[str], AgentflowError]:
+        with Client(server.target, ADMIN_KEY, timeout=10) as client:
+            payment = client.submit_payment(ALICE, BOB, "USDC", 4 * USDC, memo="from a thread")
+            client.cancel_payment(payment.name)
+            states = [common_pb2.Priority.Name(payment.priority)]
+            states += [payments_pb2.PaymentStatus.Name(p.status) for p in client.watch_payment(payment.name)]
+            try:
+                client.submit_payment(ALICE, BOB, "USDC", 1000 * USDC)
+            except AgentflowError as error:
+                return payment, states, error
+            raise AssertionError("an overdraft was accepted")
+
+    payment, states, error = await asyncio.to_thread(script)
+    assert payment.memo == "from a thread"
+    assert states == ["PRIORITY_NORMAL", "PAYMENT_STATUS_CANCELLED"]
+    assert isinstance(error, InsufficientBalance)
+
+
+def test_a_closed_blocking_client_says_so() -> None:
+    client = Client("127.0.0.1:1")
+    client.close()
+    client.close()  # twice is harmless
+    with pytest.raises(RuntimeError, match="closed"):
+        client.get_payment("payments/x")
