@@ -152,7 +152,7 @@ async def test_caller_mistakes_fail_before_anything_is_sent(admin: AsyncClient) 
     with pytest.raises(ValueError, match="low, normal, high, urgent"):
         await admin.submit_payment(ALICE, BOB, "USDC", 1, priority="asap")
     with pytest.raises(ValueError, match="timezone-aware"):
-        await admin.create_escrow(ALICE, BOB, "USDC", 1, expire_time=datetime.datetime(2030, 1, 1))
+        await admin.create_escrow(ALICE, BOB, "USDC", 1, task_id="t", expire_time=datetime.datetime(2030, 1, 1))
     with pytest.raises(TypeError, match="not one string"):
         await admin.get_balances(ALICE, "USDC")
     assert (await admin.list_payments()).items == [], "nothing reached the server"

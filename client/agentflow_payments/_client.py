@@ -324,7 +324,7 @@ class AsyncClient:
         token: str,
         amount: Amount,
         *,
-        task_id: str = "",
+        task_id: str,
         expire_time: When | None = None,
         release_condition: EnumValue | None = None,
         arbiter: str = "",
@@ -335,7 +335,8 @@ class AsyncClient:
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> escrow_pb2.Escrow:
-        """Hold ``amount`` of the payer's ``token`` for a task until it is released, refunded or resolved.
+        """Hold ``amount`` of the payer's ``token`` for the task ``task_id`` until it is released, refunded or
+        resolved.
 
         ``expire_time`` is a moment or a ``timedelta`` from now. ``release_condition`` is ``"payer_approval"``,
         ``"verifier_attestation"`` (give ``verifier``) or ``"arbiter"`` (give ``arbiter``); ``expiry_action`` is
