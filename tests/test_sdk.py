@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -268,3 +270,32 @@ def test_a_closed_blocking_client_says_so() -> None:
     client.close()  # twice is harmless
     with pytest.raises(RuntimeError, match="closed"):
         client.get_payment("payments/x")
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key: a private CA of one."""
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"),
+            *("-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost"),
+            *("-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_tls_with_a_private_ca(start_server: StartServer, certificate: tuple[Path, Path]) -> None:
+    """The SDK trusts the CA bundle it is given, and refuses a server its CAs did not sign."""
+    cert, key = certificate
+    server = await start_server(tls_cert_file=cert, tls_key_file=key)
+    async with AsyncClient(server.target, ADMIN_KEY, root_certificates=cert.read_bytes(), timeout=5) as client:
+        assert (await client.list_tokens()).tokens
+    # The system CA bundle does not know this server: the handshake fails, after the retries.
+    quick = RetryConfig(max_attempts=2, initial_backoff=0.01)
+    async with AsyncClient(server.target, ADMIN_KEY, tls=True, timeout=2, retry=quick) as client:
+        with pytest.raises(Unavailable):
+            await client.list_tokens()
