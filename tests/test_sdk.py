@@ -210,9 +210,9 @@ async def test_without_retries_the_dropped_answer_is_unavailable_and_the_payment
         proxy.cut_next_answer = True
         with pytest.raises(Unavailable):
             await client.submit_payment(ALICE, BOB, "USDC", 10 * USDC, request_id="req-1")
-        # The caller's own retry with the same id is answered from the idempotency record.
-        again = await client.submit_payment(ALICE, BOB, "USDC", 10 * USDC, request_id="req-1")
     async with server.client() as direct:
+        # The caller's own retry with the same id is answered from the idempotency record.
+        again = await direct.submit_payment(ALICE, BOB, "USDC", 10 * USDC, request_id="req-1")
         assert [p.name for p in (await direct.list_payments(payer=ALICE)).items] == [again.name]
 
 
@@ -223,9 +223,11 @@ async def test_a_call_that_can_act_twice_is_not_retried(server: RunningServer, f
         proxy.cut_next_answer = True
         with pytest.raises(Unavailable):
             await client.cancel_payment(payment.name)
+    async with server.client() as direct:
         # It was cancelled the first time: a blind retry would have failed on its own success.
+        assert (await direct.get_payment(payment.name)).status == payments_pb2.PAYMENT_STATUS_CANCELLED
         with pytest.raises(FailedPrecondition) as refused:
-            await client.cancel_payment(payment.name)
+            await direct.cancel_payment(payment.name)
     assert refused.value.reason == Reason.PAYMENT_NOT_CANCELLABLE
 
 
@@ -299,3 +301,28 @@ async def test_tls_with_a_private_ca(start_server: StartServer, certificate: tup
     async with AsyncClient(server.target, ADMIN_KEY, tls=True, timeout=2, retry=quick) as client:
         with pytest.raises(Unavailable):
             await client.list_tokens()
+
+
+async def test_an_api_key_without_rate_limits_takes_the_server_defaults(admin: AsyncClient) -> None:
+    created = await admin.create_api_key("ops", "read_only", expire_time=datetime.timedelta(days=1))
+    assert created.secret.startswith("afk_")
+    assert created.api_key.rate_limit.requests_per_minute > 0, "the server's default applies"
+    limited = await admin.create_api_key("bot", "payer", addresses=[ALICE], requests_per_minute=60, burst=5)
+    assert (limited.api_key.rate_limit.requests_per_minute, limited.api_key.rate_limit.burst) == (60, 5)
+    with pytest.raises(InvalidArgument) as partial:
+        await admin.create_api_key("half", "read_only", requests_per_minute=60)
+    assert [v.field for v in partial.value.field_violations] == ["rate_limit.burst"]
+    revoked = await admin.revoke_api_key(created.api_key.name)
+    assert revoked.HasField("revoke_time")
+    assert [k.name for k in (await admin.list_api_keys()).items if k.name == created.api_key.name] == []
+
+
+async def test_streams_raise_when_no_server_is_ever_reached() -> None:
+    quick = RetryConfig(max_attempts=3, initial_backoff=0.01)
+    async with AsyncClient("127.0.0.1:1", ADMIN_KEY, retry=quick) as client:
+        with pytest.raises(Unavailable):
+            async for _ in client.subscribe_events():
+                pass
+        with pytest.raises(Unavailable):
+            async for _ in client.watch_payment("payments/" + "0" * 22):
+                pass

@@ -537,15 +537,18 @@ class AsyncClient:
         """Make an API key (an admin's call): the key and its secret, which is shown this once.
 
         ``scope`` is ``"admin"``, ``"payer"`` (give the ``addresses`` it may pay from), ``"arbiter"`` or
-        ``"read_only"``. Zero rate limits take the server's defaults. Not retried: it has no request id.
+        ``"read_only"``. Without ``requests_per_minute`` and ``burst`` the server's default limits apply. Not
+        retried: it has no request id.
         """
         request = admin_pb2.CreateApiKeyRequest(
             display_name=display_name,
             scope=convert.enum(admin_pb2.ApiKeyScope, scope, "scope"),  # type: ignore[arg-type]
             addresses=convert.strings(addresses, "addresses"),
-            rate_limit=admin_pb2.RateLimit(requests_per_minute=requests_per_minute, burst=burst),
             expire_time=convert.timestamp(expire_time, "expire_time"),
         )
+        # No rate limit at all means the server's defaults; a partial one is sent, for the server to name.
+        if requests_per_minute or burst:
+            request.rate_limit.CopyFrom(admin_pb2.RateLimit(requests_per_minute=requests_per_minute, burst=burst))
         return await self._call(self.admin.CreateApiKey, request, timeout, retry=False)
 
     async def list_api_keys(
@@ -730,10 +733,10 @@ class AsyncClient:
 
         When the stream breaks (the server restarts, is unreachable or ends it as too slow, or the
         connection is cut), it reconnects with growing pauses up to ``max_backoff`` seconds and resumes
-        after the last event it yielded: no event is skipped or yielded twice. Heartbeats are consumed here;
-        an idle heartbeat moves the cursor to the log's head, so a resume does not replay what the filter
-        passed over.
-        Other errors (a bad filter, a key that may not) are raised.
+        after the last event it yielded: no event is skipped or yielded twice. A server that cannot be
+        reached at all raises ``Unavailable`` after the retry policy's ``max_attempts``. Heartbeats are
+        consumed here; an idle heartbeat moves the cursor to the log's head, so a resume does not replay
+        what the filter passed over. Other errors (a bad filter, a key that may not) are raised.
         """
         if filter is None:
             filter = _event_filter(types, address, task_id, resource)
@@ -742,12 +745,14 @@ class AsyncClient:
         # starts from "now" again.
         known = not live_only
         pause = 0.1
+        failures, reached = 0, False
         while True:
             request = events_pb2.SubscribeEventsRequest(start_after=last, live_only=not known)
             request.filter.CopyFrom(filter)
+            opened = asyncio.get_running_loop().time()
             try:
                 async for response in self.events.SubscribeEvents(request):
-                    pause = 0.1
+                    pause, reached = 0.1, True
                     if response.HasField("event"):
                         if known and response.event.sequence <= last:
                             continue
@@ -756,7 +761,13 @@ class AsyncClient:
                     else:
                         last, known = max(last, response.heartbeat.head_sequence), True
             except (Unavailable, SubscriberTooSlow, Cancelled):
-                pass
+                failures += 1
+                # A server never reached is an error, after the retry policy's attempts; one that was reached is
+                # reconnected to for as long as the caller iterates. A quiet stream sends nothing until its first
+                # heartbeat, so one that stayed open a while counts as reached (a refused connection fails at once).
+                reached = reached or asyncio.get_running_loop().time() - opened > 1.0
+                if not reached and failures >= self._retry.max_attempts:
+                    raise
             await asyncio.sleep(pause)
             pause = min(max_backoff, pause * 2)
 
@@ -764,11 +775,13 @@ class AsyncClient:
         """A payment's state now, then each change until it is COMPLETED, FAILED or CANCELLED.
 
         When the stream breaks it reconnects with growing pauses up to ``max_backoff`` seconds; the server
-        sends the current state again, which is yielded only if it changed. Other errors (NOT_FOUND, a key
-        that may not see it) are raised.
+        sends the current state again, which is yielded only if it changed. A server that cannot be reached
+        before the first state raises ``Unavailable`` after the retry policy's ``max_attempts``. Other
+        errors (NOT_FOUND, a key that may not see it) are raised.
         """
         last: payments_pb2.Payment | None = None
         pause = 0.1
+        failures = 0
         while True:
             try:
                 async for response in self.payments.WatchPayment(payments_pb2.WatchPaymentRequest(name=name)):
@@ -780,7 +793,11 @@ class AsyncClient:
                     if payment.status in _FINAL:
                         return
             except (Unavailable, Cancelled):
-                pass
+                failures += 1
+                # A server never reached is an error, after the retry policy's attempts; one that was reached
+                # is reconnected to for as long as the caller iterates.
+                if last is None and failures >= self._retry.max_attempts:
+                    raise
             await asyncio.sleep(pause)
             pause = min(max_backoff, pause * 2)
 
