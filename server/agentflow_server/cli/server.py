@@ -1,4 +1,5 @@
-"""The ``agentflow`` command: ``serve`` runs the service, ``dev`` runs it on the embedded defaults with a dev key."""
+"""``agentflow serve`` runs the service, ``agentflow dev`` runs it on the embedded defaults with a dev key, and
+``agentflow healthcheck`` asks a configured server whether it is SERVING (for container health checks)."""
 
 from __future__ import annotations
 
@@ -9,20 +10,20 @@ import secrets
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from pydantic import ValidationError
 
-from .app import Service, StartupError, serve
-from .auth.keys import KEY_PREFIX
-from .config import CONFIG_FILE_VARIABLE, Settings, load_settings
-from .logs import configure_logging
+from ..config import CONFIG_FILE_VARIABLE, Settings, load_settings
+from .errors import ExitCode
 
-EXIT_UNHEALTHY = 1
-EXIT_CONFIG = 2
-EXIT_STARTUP = 3
+if TYPE_CHECKING:
+    from ..app import Service
+
+EXIT_UNHEALTHY = ExitCode.REFUSED
+EXIT_CONFIG = ExitCode.USAGE
+EXIT_STARTUP = ExitCode.STARTUP
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -31,7 +32,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _dev_banner(admin_key: str, generated: bool, fresh_ledger: bool) -> Any:
     async def banner(service: Service) -> None:
-        from .devchain import DEV_DEPOSITS, fund_dev_agents
+        from ..devchain import DEV_DEPOSITS, fund_dev_agents
 
         agents = (
             await fund_dev_agents(service) if service.chain is not None and service.chain.connection.embedded else []
@@ -79,6 +80,12 @@ def _dev_banner(admin_key: str, generated: bool, fresh_ledger: bool) -> Any:
                 '"token": "USDC", "amount": "1500000"}\' \\',
                 f"      {target} agentflow.payments.v1.PaymentService/SubmitPayment",
                 "  (then GetPayment with its name: QUEUED, and COMPLETED about a second later)",
+                "",
+                "Or with the agentflow command (agentflow --help for all of it):",
+                f"  export AGENTFLOW_TARGET={target} AGENTFLOW_API_KEY={payer.api_key}",
+                f"  agentflow balance {payer.address}",
+                f"  agentflow pay {payer.address} {payee.address} 1.5 USDC --decimal --wait",
+                "  agentflow events tail --from 1",
             ]
         lines += ["", "Ctrl-C stops it.", ""]
         print("\n".join(lines), flush=True)
@@ -113,23 +120,30 @@ def _healthcheck(settings: Settings, timeout: float) -> int:
     return 0 if status == "SERVING" else EXIT_UNHEALTHY
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``agentflow`` command."""
-    parser = argparse.ArgumentParser(prog="agentflow", description="AgentFlow Payments")
-    commands = parser.add_subparsers(dest="command", required=True)
+def register(commands: Any) -> None:
+    """Add ``serve``, ``dev`` and ``healthcheck`` to the ``agentflow`` parser."""
     for name, help_text in (
         ("serve", "run the server, configured by AGENTFLOW_* variables and an optional TOML file"),
         ("dev", "run the server on the embedded defaults and print a dev admin key"),
     ):
-        command = commands.add_parser(name, help=help_text)
+        command = commands.add_parser(name, help=help_text, description=help_text)
         command.add_argument("--config", help=f"TOML configuration file (also {CONFIG_FILE_VARIABLE})")
         command.add_argument("--listen", help="host:port to serve gRPC on (AGENTFLOW_LISTEN)")
         command.add_argument("--data-dir", dest="data_dir", help="ledger directory (AGENTFLOW_DATA_DIR)")
-    check = commands.add_parser("healthcheck", help="exit 0 if the configured server answers SERVING")
+        command.set_defaults(run=run)
+    check = commands.add_parser(
+        "healthcheck",
+        help="exit 0 if the configured server answers SERVING",
+        description="Ask the server this configuration describes for its health: exit 0 if it is SERVING, 1 if not.",
+    )
     check.add_argument("--config", help=f"TOML configuration file (also {CONFIG_FILE_VARIABLE})")
     check.add_argument("--listen", help="host:port of the server (AGENTFLOW_LISTEN)")
     check.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
-    args = parser.parse_args(argv)
+    check.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``serve``, ``dev`` or ``healthcheck``."""
     if args.config:
         os.environ[CONFIG_FILE_VARIABLE] = args.config
 
@@ -137,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     on_started = None
     dev_dir: str | None = None
     if args.command == "dev":
+        from ..auth.keys import KEY_PREFIX
+
         generated = not os.environ.get("AGENTFLOW_ADMIN_API_KEY")
         admin_key = os.environ.get("AGENTFLOW_ADMIN_API_KEY") or KEY_PREFIX + "dev_" + secrets.token_urlsafe(24)
         overrides.setdefault("admin_api_key", admin_key)
@@ -159,6 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "healthcheck":
         return _healthcheck(settings, args.timeout)
+
+    from ..app import StartupError, serve
+    from ..logs import configure_logging
+
     configure_logging(settings.log_level, settings.log_format)
     try:
         asyncio.run(serve(settings, on_started))
@@ -169,7 +189,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         if dev_dir is not None:
             shutil.rmtree(dev_dir, ignore_errors=True)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
