@@ -279,7 +279,7 @@ async def test_pay_wait_follows_the_payment_to_completed_on_the_embedded_chain(e
     assert watched.code == 0
     assert [p["status"] for p in watched.lines()] == ["PAYMENT_STATUS_COMPLETED"]
 
-    withdrawn = await agentflow("withdraw", alice, "USDC", "10", "--decimal", "--json", env=env)
+    withdrawn = await agentflow("withdraw", alice, "10", "USDC", "--decimal", "--json", env=env)
     assert withdrawn.code == 0, withdrawn.err
     assert (withdrawn.json()["amount"], withdrawn.json()["status"]) == ("10000000", "WITHDRAWAL_STATUS_QUEUED")
 
@@ -313,7 +313,7 @@ async def test_watch_a_cancelled_payment_exits_7_and_a_timeout_8(server: Running
     assert again.code == 1
     assert "PAYMENT_NOT_CANCELLABLE" in again.err
 
-    no_chain = await agentflow("withdraw", ALICE, "USDC", "1", env=env)
+    no_chain = await agentflow("withdraw", ALICE, "1", "USDC", env=env)
     assert no_chain.code == 1
     assert "SETTLEMENT_UNAVAILABLE" in no_chain.err
 

@@ -34,8 +34,8 @@ def register(commands: Any, parent: argparse.ArgumentParser) -> None:
         "--destination, in the next settlement batch (the API key must be bound to ADDRESS).",
     )
     withdraw.add_argument("address", metavar="ADDRESS")
-    withdraw.add_argument("token", metavar="TOKEN")
     withdraw.add_argument("amount", metavar="AMOUNT", help="base units, or whole tokens with --decimal")
+    withdraw.add_argument("token", metavar="TOKEN")
     add_amount_option(withdraw)
     withdraw.add_argument("--destination", default="", help="pay it here instead of to ADDRESS")
     withdraw.add_argument("--request-id", help="an idempotency key: the same one withdraws once")
