@@ -81,11 +81,16 @@ def _dev_banner(admin_key: str, generated: bool, fresh_ledger: bool) -> Any:
                 f"      {target} agentflow.payments.v1.PaymentService/SubmitPayment",
                 "  (then GetPayment with its name: QUEUED, and COMPLETED about a second later)",
                 "",
-                "Or with the agentflow command (agentflow --help for all of it):",
-                f"  export AGENTFLOW_TARGET={target} AGENTFLOW_API_KEY={payer.api_key}",
-                f"  agentflow balance {payer.address}",
-                f"  agentflow pay {payer.address} {payee.address} 1.5 USDC --decimal --wait",
-                "  agentflow events tail --from 1",
+                "Or with the agentflow command: paste these into another shell (the README's walk-through uses",
+                "them), then agentflow --help:",
+                f"  export AGENTFLOW_TARGET={target} ADMIN_KEY={admin_key}",
+                *(
+                    f"  export {agent.name.upper()}={agent.address} {agent.name.upper()}_KEY={agent.api_key}"
+                    for agent in agents
+                ),
+                f"  export AGENTFLOW_API_KEY=${payer.name.upper()}_KEY",
+                f"  agentflow balance ${payer.name.upper()}",
+                f"  agentflow pay ${payer.name.upper()} ${payee.name.upper()} 1.5 USDC --decimal --wait",
             ]
         lines += ["", "Ctrl-C stops it.", ""]
         print("\n".join(lines), flush=True)
@@ -157,6 +162,10 @@ def run(args: argparse.Namespace) -> int:
         admin_key = os.environ.get("AGENTFLOW_ADMIN_API_KEY") or KEY_PREFIX + "dev_" + secrets.token_urlsafe(24)
         overrides.setdefault("admin_api_key", admin_key)
         overrides.setdefault("log_format", os.environ.get("AGENTFLOW_LOG_FORMAT", "text"))
+        # A developer's webhook receiver runs on this machine: dev lets webhooks reach private addresses
+        # (serve refuses them unless AGENTFLOW_WEBHOOK_ALLOW_PRIVATE says otherwise).
+        if "AGENTFLOW_WEBHOOK_ALLOW_PRIVATE" not in os.environ:
+            overrides["webhook_allow_private"] = True
         # The embedded chain lives in memory, so its ledger cannot outlive it: a new one each run, unless a
         # data directory is named explicitly.
         fresh_ledger = (
