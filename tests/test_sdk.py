@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import subprocess
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -326,3 +327,23 @@ async def test_streams_raise_when_no_server_is_ever_reached() -> None:
         with pytest.raises(Unavailable):
             async for _ in client.watch_payment("payments/" + "0" * 22):
                 pass
+
+
+async def test_closing_the_blocking_client_ends_an_iteration_in_another_thread(server: RunningServer) -> None:
+    client = Client(server.target, ADMIN_KEY)
+    started = threading.Event()
+
+    def follow() -> list[int]:
+        seen = []
+        started.set()
+        for event in client.subscribe_events(types=["payment.*"]):
+            seen.append(event.sequence)
+        return seen
+
+    follower = asyncio.create_task(asyncio.to_thread(follow))
+    await asyncio.to_thread(started.wait)
+    await asyncio.sleep(0.3)  # the stream is open and waiting
+    await asyncio.to_thread(client.close)
+    assert await asyncio.wait_for(follower, 5) == [], "the iteration ended instead of hanging"
+    with pytest.raises(RuntimeError, match="closed"):
+        client.list_tokens()

@@ -10,6 +10,7 @@ plain iterators. A ``Client`` may be shared by threads.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
@@ -66,6 +67,8 @@ class Client:
         retry: RetryConfig = RetryConfig(),  # noqa: B008 (frozen, so one shared default is safe)
     ) -> None:
         self._loop = asyncio.new_event_loop()
+        self._closing = threading.Event()
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop.run_forever, name="agentflow-client", daemon=True)
         self._thread.start()
 
@@ -83,7 +86,7 @@ class Client:
         self._client = self._run(connect())
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        if self._loop.is_closed():
+        if self._closing.is_set():
             coroutine.close()
             raise RuntimeError("the client is closed")
         future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
@@ -105,8 +108,12 @@ class Client:
                     yield self._run(_next(stream))
                 except StopAsyncIteration:
                     return
+                except concurrent.futures.CancelledError:
+                    if self._closing.is_set():
+                        return  # close() from another thread ends the iteration
+                    raise
         finally:
-            if not self._loop.is_closed():
+            if not self._closing.is_set():
                 self._run(_close(stream))
 
     submit_payment = _blocking(AsyncClient.submit_payment)
@@ -147,10 +154,13 @@ class Client:
     list_events = _blocking(AsyncClient.list_events)
 
     def close(self) -> None:
-        """Close the channel and stop the client's thread; calls in flight are cancelled."""
-        if self._loop.is_closed():
-            return
-        self._run(self._client.close())
+        """Close the channel and stop the client's thread. Calls in flight in other threads are cancelled:
+        a method raises ``concurrent.futures.CancelledError``, an iterator simply ends."""
+        with self._lock:
+            if self._closing.is_set():
+                return
+            self._closing.set()
+        asyncio.run_coroutine_threadsafe(_shutdown(self._client), self._loop).result()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
@@ -165,6 +175,15 @@ class Client:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+async def _shutdown(client: AsyncClient) -> None:
+    """Cancel what other threads wait for (their futures then end), then close the channel."""
+    others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
+    await client.close()
 
 
 async def _next(stream: AsyncIterator[T]) -> T:
