@@ -16,6 +16,7 @@ from agentflow_server.config import Settings
 
 if TYPE_CHECKING:
     from .chain import Anvil
+    from .receiver import Receiver
 
 ADMIN_KEY = "afk_test_admin_0123456789abcdefghijklmnopqrstuv"
 # Addresses from the EIP-55 specification's test vectors.
@@ -125,6 +126,17 @@ async def embedded(start_server: StartServer) -> RunningServer:
     from .chain import FAST
 
     return await start_server(settlement_enabled=True, **FAST)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A real HTTP server receiving webhook deliveries."""
+    from .receiver import Receiver
+
+    receiver = Receiver()
+    await receiver.start()
+    yield receiver
+    await receiver.stop()
 
 
 @pytest.fixture

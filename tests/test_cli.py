@@ -9,7 +9,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -38,13 +38,15 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-async def _run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """Run a command to its end (killed after 30 s, so a hung server never outlives the test)."""
+async def _run(
+    *args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None, limit: float = 30
+) -> tuple[int, str, str]:
+    """Run a command to its end (killed after ``limit`` seconds, so a hung server never outlives the test)."""
     process = await asyncio.create_subprocess_exec(
-        *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *args, env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     try:
-        out, err = await asyncio.wait_for(process.communicate(), 30)
+        out, err = await asyncio.wait_for(process.communicate(), limit)
     finally:
         if process.returncode is None:
             process.kill()

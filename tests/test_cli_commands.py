@@ -11,7 +11,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from .anvil import ANVIL_KEYS, free_port
 from .chain import Anvil, Chain
 from .conftest import ADMIN_KEY, ALICE, BOB, RunningServer, StartServer
 from .receiver import Answer, Receiver
+from .test_cli import _run
 from .test_payments import USDC, Fund, _funder
 
 AGENTFLOW = str(Path(sys.executable).parent / "agentflow")
@@ -75,18 +76,7 @@ def process_env(env: Mapping[str, str]) -> dict[str, str]:
 
 async def installed(*argv: str, env: Mapping[str, str]) -> Result:
     """The installed ``agentflow`` in a subprocess (killed after 30 s)."""
-    full = process_env(env)
-    process = await asyncio.create_subprocess_exec(
-        AGENTFLOW, *argv, env=full, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), 30)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode is not None
-    return Result(process.returncode, out.decode(), err.decode())
+    return Result(*await _run(AGENTFLOW, *argv, env=process_env(env)))
 
 
 @pytest.fixture
@@ -559,14 +549,6 @@ async def test_keys_create_list_revoke(server: RunningServer) -> None:
 
 
 # -- webhooks ----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    receiver = Receiver()
-    await receiver.start()
-    yield receiver
-    await receiver.stop()
 
 
 async def test_webhooks_add_list_test_and_deliveries(

@@ -3,12 +3,11 @@ prints what the README shows up to what differs between runs (ids, hashes, keys,
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 from pathlib import Path
 
-from .test_cli import DevServer, _env, dev_server
+from .test_cli import DevServer, _env, _run, dev_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## Five-minute walk-through"
@@ -107,17 +106,8 @@ async def run_walk_through(
             for index, (command, _) in enumerate(steps)
         )
     )
-    process = await asyncio.create_subprocess_exec(
-        "bash", "-c", script, env=env, cwd=work, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    try:
-        out, _ = await asyncio.wait_for(process.communicate(), 120)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    text = out.decode()
-    assert process.returncode == 0, text
+    code, text, err = await _run("bash", "-c", script, env=env, cwd=work, limit=120)
+    assert code == 0, text + err
     results = []
     for printed in re.split(rf"^{marker} \d+\n", text, flags=re.MULTILINE)[1:]:
         body, code = printed.rsplit(f"{marker} rc ", 1)

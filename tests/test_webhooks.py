@@ -46,14 +46,6 @@ Create = Callable[..., Awaitable[webhooks_pb2.CreateWebhookResponse]]
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    receiver = Receiver()
-    await receiver.start()
-    yield receiver
-    await receiver.stop()
-
-
-@pytest.fixture
 async def hooks_server(start_server: StartServer) -> RunningServer:
     return await start_server(**FAST_HOOKS)
 
