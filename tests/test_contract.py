@@ -53,6 +53,7 @@ def test_sdk_public_api_is_pinned() -> None:
         [
             "DEFAULT_TIMEOUT",
             "ERROR_DOMAIN",
+            "AddressNotAllowed",
             "AgentflowError",
             "AlreadyExists",
             "AsyncClient",
@@ -70,16 +71,20 @@ def test_sdk_public_api_is_pinned() -> None:
             "InvalidToken",
             "NotFound",
             "Page",
+            "PaymentNotCancellable",
             "PermissionDenied",
             "QueueFull",
             "RateLimited",
             "Reason",
             "ResourceExhausted",
             "RetryConfig",
+            "ScopeDenied",
             "SubscriberTooSlow",
             "Unauthenticated",
             "Unavailable",
             "Unimplemented",
+            "WebhookDisabled",
+            "WebhookUrlNotAllowed",
             "WebhookVerificationError",
             "attestation_message",
             "from_rpc_error",
@@ -108,6 +113,15 @@ def test_every_rpc_has_one_typed_method_alike_in_both_clients() -> None:
         assert method.__doc__, name
         assert inspect.signature(blocking).parameters == inspect.signature(method).parameters, name
         assert blocking.__doc__ == method.__doc__, name
+
+
+def test_each_reason_raises_a_subclass_of_its_status_codes_exception() -> None:
+    """A reason's own exception (InsufficientBalance...) is also caught as its code's (FailedPrecondition...)."""
+    from agentflow_payments._exceptions import _BY_CODE, _BY_REASON
+
+    for reason in Reason:
+        by_code = _BY_CODE.get(reason.code, agentflow_payments.InternalError)
+        assert issubclass(_BY_REASON.get(reason, by_code), by_code), reason
 
 
 def test_sdk_installs_with_only_grpcio_protobuf_and_grpcio_status() -> None:

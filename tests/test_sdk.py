@@ -21,8 +21,11 @@ from agentflow_payments import (
     InvalidArgument,
     NotFound,
     Page,
+    PaymentNotCancellable,
+    PermissionDenied,
     Reason,
     RetryConfig,
+    ScopeDenied,
     Unavailable,
 )
 from agentflow_payments import _convert as convert
@@ -135,7 +138,7 @@ async def test_submit_payments_returns_each_payment_or_its_error_in_order(admin:
     assert urgent.priority == common_pb2.PRIORITY_URGENT
 
 
-async def test_errors_are_typed_and_name_the_field(admin: AsyncClient, fund: Fund) -> None:
+async def test_errors_are_typed_and_name_the_field(server: RunningServer, admin: AsyncClient, fund: Fund) -> None:
     await fund(ALICE, USDC)
     with pytest.raises(InsufficientBalance) as poor:
         await admin.submit_payment(ALICE, BOB, "USDC", 5 * USDC)
@@ -145,6 +148,11 @@ async def test_errors_are_typed_and_name_the_field(admin: AsyncClient, fund: Fun
     assert [v.field for v in bad.value.field_violations] == ["payee"]
     with pytest.raises(NotFound):
         await admin.get_payment("payments/" + "0" * 22)
+    reader = await admin.create_api_key("reader", "read_only")
+    async with server.client(reader.secret) as read_only:
+        with pytest.raises(ScopeDenied) as denied:
+            await read_only.submit_payment(ALICE, BOB, "USDC", 1)
+    assert isinstance(denied.value, PermissionDenied)
     (balance,) = await admin.get_balances(ALICE, ["USDC"])
     assert int(balance.available) == USDC, "refused calls change nothing"
 
@@ -227,9 +235,10 @@ async def test_a_call_that_can_act_twice_is_not_retried(server: RunningServer, f
     async with server.client() as direct:
         # It was cancelled the first time: a blind retry would have failed on its own success.
         assert (await direct.get_payment(payment.name)).status == payments_pb2.PAYMENT_STATUS_CANCELLED
-        with pytest.raises(FailedPrecondition) as refused:
+        with pytest.raises(PaymentNotCancellable) as refused:
             await direct.cancel_payment(payment.name)
     assert refused.value.reason == Reason.PAYMENT_NOT_CANCELLABLE
+    assert isinstance(refused.value, FailedPrecondition)
 
 
 async def test_an_attempt_past_its_deadline_is_retried_with_the_same_request_id(

@@ -80,6 +80,18 @@ class InvalidAttestation(PermissionDenied):
     """The task result's signature is not the escrow verifier's."""
 
 
+class ScopeDenied(PermissionDenied):
+    """The API key's scope does not allow this method (a read-only key submitting, say)."""
+
+
+class AddressNotAllowed(PermissionDenied):
+    """The API key is not bound to the address it acts for (a payer key paying from another's address)."""
+
+
+class WebhookUrlNotAllowed(InvalidArgument):
+    """The webhook URL is, or resolves to, a private, loopback or otherwise non-public address."""
+
+
 class NotFound(AgentflowError):
     """The named resource does not exist, or the key may not see it."""
 
@@ -102,6 +114,14 @@ class InsufficientBalance(FailedPrecondition):
 
 class EscrowNotActive(FailedPrecondition):
     """The escrow is resolved, disputed or past its expiry, so this step no longer applies."""
+
+
+class PaymentNotCancellable(FailedPrecondition):
+    """The payment is processing or final; only a queued payment can be cancelled (``metadata["status"]``)."""
+
+
+class WebhookDisabled(FailedPrecondition):
+    """The webhook endpoint is disabled; enable it with UpdateWebhook first."""
 
 
 class ResourceExhausted(AgentflowError):
@@ -147,6 +167,11 @@ _BY_REASON: dict[str, type[AgentflowError]] = {
     Reason.IDEMPOTENCY_CONFLICT: IdempotencyConflict,
     Reason.INSUFFICIENT_BALANCE: InsufficientBalance,
     Reason.ESCROW_NOT_ACTIVE: EscrowNotActive,
+    Reason.PAYMENT_NOT_CANCELLABLE: PaymentNotCancellable,
+    Reason.SCOPE_DENIED: ScopeDenied,
+    Reason.ADDRESS_NOT_ALLOWED: AddressNotAllowed,
+    Reason.WEBHOOK_URL_NOT_ALLOWED: WebhookUrlNotAllowed,
+    Reason.WEBHOOK_DISABLED: WebhookDisabled,
     Reason.RATE_LIMIT_EXCEEDED: RateLimited,
     Reason.QUEUE_FULL: QueueFull,
     Reason.SUBSCRIBER_TOO_SLOW: SubscriberTooSlow,
