@@ -6,11 +6,15 @@ the test's event loop); a few run the installed command in a subprocess, for exi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
+import pty
+import re
 import signal
 import sys
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,6 +285,36 @@ async def test_pay_wait_follows_the_payment_to_completed_on_the_embedded_chain(e
     assert "embedded in-process chain" in deposit.err
     assert "anvil" in deposit.err
     assert "AGENTFLOW_CHAIN_RPC_URL" in deposit.err
+
+
+async def test_pay_wait_shows_a_progress_bar_on_a_terminal_and_keeps_stdout_clean(embedded: RunningServer) -> None:
+    alice = (await Chain(embedded).fund("alice", {"USDC": 100 * USDC})).address
+    controller, terminal_fd = pty.openpty()
+    terminal = os.fdopen(terminal_fd, "w", encoding="utf-8")
+    shown: list[bytes] = []
+
+    def read_terminal() -> None:
+        with contextlib.suppress(OSError):  # EIO once the terminal side is closed
+            while data := os.read(controller, 65536):
+                shown.append(data)
+
+    reader = threading.Thread(target=read_terminal)
+    reader.start()
+    out = io.StringIO()
+    argv = ["pay", alice, dev_account("bob").address, "1", "USDC", "--decimal", "--wait"]
+    env = environment(embedded, COLUMNS="120")
+    try:
+        code = await asyncio.to_thread(main, argv, stdout=out, stderr=terminal, environ=env)
+    finally:
+        terminal.close()
+        await asyncio.to_thread(reader.join, 5)
+        os.close(controller)
+    assert code == 0
+    drawn = b"".join(shown).decode(errors="replace")
+    assert "━" in drawn, "a bar was drawn on the terminal"
+    assert re.search(r"[123]/3", drawn), drawn
+    assert "━" not in out.getvalue(), "stdout has the results only"
+    assert "COMPLETED" in out.getvalue()
 
 
 async def test_watch_a_cancelled_payment_exits_7_and_a_timeout_8(server: RunningServer, fund: Fund) -> None:

@@ -21,6 +21,7 @@ from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from rich.console import Console, RenderableType
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -192,6 +193,31 @@ class Output:
             return
         with self.err.status(text, spinner="dots") as live:
             yield live
+
+    @contextlib.contextmanager
+    def progress(self, text: str, steps: int) -> Iterator[Any]:
+        """A progress bar of ``steps`` steps on stderr while the block runs, moved with
+        ``.update(task, completed=n, description=text)`` on the yielded ``(progress, task)``; nothing when
+        stderr is not a terminal or with --json."""
+        if self.json_mode or not self.err.is_terminal:
+            yield _QuietProgress(), 0
+            return
+        columns = (
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=self.err, transient=True) as bar:
+            yield bar, bar.add_task(text, total=steps)
+
+
+class _QuietProgress:
+    """A progress bar that shows nothing (not a terminal, or --json)."""
+
+    def update(self, task: Any, **changes: Any) -> None:
+        pass
 
 
 def _isatty(stream: IO[str]) -> bool:

@@ -267,12 +267,21 @@ async def run_cancel(ctx: Context) -> int:
     return ExitCode.OK
 
 
+# How far along a payment is, for the progress bar: accepted, in a sent batch, settled.
+_STAGES = {
+    payments_pb2.PAYMENT_STATUS_QUEUED: 1,
+    payments_pb2.PAYMENT_STATUS_PROCESSING: 2,
+    payments_pb2.PAYMENT_STATUS_COMPLETED: 3,
+}
+
+
 async def follow(ctx: Context, name: str, wait_timeout: float | None, *, lines: bool = False) -> payments_pb2.Payment:
     """Follow ``name`` with WatchPayment until it is final: each change as a line for people (and as a JSON
-    line with ``lines`` and --json), a spinner meanwhile. Gives up after ``wait_timeout`` seconds."""
+    line with ``lines`` and --json), a progress bar on a terminal meanwhile. Gives up after ``wait_timeout``
+    seconds."""
     out = ctx.out
     last: payments_pb2.Payment | None = None
-    with out.spinner(f"{name}: waiting for settlement") as spinner:
+    with out.progress(f"{name}: waiting for settlement", len(_STAGES)) as (bar, task):
         try:
             async with asyncio.timeout(wait_timeout):
                 async for payment in ctx.client.watch_payment(name):
@@ -283,7 +292,7 @@ async def follow(ctx: Context, name: str, wait_timeout: float | None, *, lines: 
                     else:
                         out.show_line(_change(payment))
                     state = short(payments_pb2.PaymentStatus, payment.status)
-                    spinner.update(f"{name}: {state}, waiting for settlement")
+                    bar.update(task, completed=_STAGES.get(payment.status, 0), description=f"{name}: {state}")
         except TimeoutError:
             state = short(payments_pb2.PaymentStatus, last.status) if last is not None else "not seen yet"
             raise CliError(
