@@ -7,6 +7,7 @@ for SQLite's write lock, and a ``webhook.disabled`` event is written with the st
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -119,10 +120,17 @@ def delivery_from_row(row: Mapping[Any, Any]) -> Delivery:
 # -- writes (run by the engine) ------------------------------------------------------------------------
 
 
+# Each write is a partial of a module-level function over plain data: it pickles, so a writer process can run
+# it (see RecordWrite).
+
+
 def insert_endpoint(endpoint: Endpoint) -> RecordWrite:
     """Write a new endpoint."""
-    row = endpoint_row(endpoint)
-    return lambda connection: _run(connection, sa.insert(webhooks).values(row))
+    return functools.partial(_insert_endpoint, endpoint_row(endpoint))
+
+
+def _insert_endpoint(row: dict[str, Any], connection: Connection) -> None:
+    connection.execute(sa.insert(webhooks).values(row))
 
 
 def _endpoint_columns(columns: Mapping[str, Any]) -> dict[str, Any]:
@@ -139,46 +147,46 @@ def _endpoint_columns(columns: Mapping[str, Any]) -> dict[str, Any]:
 
 def together(*writes: RecordWrite) -> RecordWrite:
     """Several writes as one, in order."""
+    return functools.partial(_together, writes)
 
-    def write(connection: Connection) -> None:
-        for each in writes:
-            each(connection)
 
-    return write
+def _together(writes: tuple[RecordWrite, ...], connection: Connection) -> None:
+    for each in writes:
+        each(connection)
 
 
 def update_endpoint(webhook_id: str, columns: Mapping[str, Any]) -> RecordWrite:
     """Change some fields of an endpoint (only those: a change never overwrites another's columns)."""
-    values = _endpoint_columns(columns)
-    return lambda connection: _run(
-        connection, sa.update(webhooks).where(webhooks.c.webhook_id == webhook_id).values(values)
-    )
+    return functools.partial(_update_endpoint, webhook_id, _endpoint_columns(columns))
+
+
+def _update_endpoint(webhook_id: str, values: dict[str, Any], connection: Connection) -> None:
+    connection.execute(sa.update(webhooks).where(webhooks.c.webhook_id == webhook_id).values(values))
 
 
 def delete_endpoint(webhook_id: str) -> RecordWrite:
     """Delete an endpoint and every delivery it has."""
+    return functools.partial(_delete_endpoint, webhook_id)
 
-    def write(connection: Connection) -> None:
-        connection.execute(sa.delete(webhook_deliveries).where(webhook_deliveries.c.webhook_id == webhook_id))
-        connection.execute(sa.delete(webhooks).where(webhooks.c.webhook_id == webhook_id))
 
-    return write
+def _delete_endpoint(webhook_id: str, connection: Connection) -> None:
+    connection.execute(sa.delete(webhook_deliveries).where(webhook_deliveries.c.webhook_id == webhook_id))
+    connection.execute(sa.delete(webhooks).where(webhooks.c.webhook_id == webhook_id))
 
 
 def fan_out(deliveries: list[Delivery], cursors: Mapping[str, int]) -> RecordWrite:
     """New deliveries and how far each endpoint's cursor moved, together: after a crash the log is fanned
     out again from the cursors, so each (event, endpoint) gets exactly one delivery."""
-    rows = [delivery_row(d) for d in deliveries]
+    return functools.partial(_fan_out, [delivery_row(d) for d in deliveries], dict(cursors))
 
-    def write(connection: Connection) -> None:
-        if rows:
-            insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-            # A second fan-out of the same event is a no-op, whatever happened before.
-            connection.execute(insert(webhook_deliveries).on_conflict_do_nothing(), rows)
-        for webhook_id, cursor in cursors.items():
-            connection.execute(sa.update(webhooks).where(webhooks.c.webhook_id == webhook_id).values(cursor=cursor))
 
-    return write
+def _fan_out(rows: list[dict[str, Any]], cursors: dict[str, int], connection: Connection) -> None:
+    if rows:
+        insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+        # A second fan-out of the same event is a no-op, whatever happened before.
+        connection.execute(insert(webhook_deliveries).on_conflict_do_nothing(), rows)
+    for webhook_id, cursor in cursors.items():
+        connection.execute(sa.update(webhooks).where(webhooks.c.webhook_id == webhook_id).values(cursor=cursor))
 
 
 def save_delivery(delivery: Delivery, endpoint_columns: Mapping[str, Any] | None = None) -> RecordWrite:
@@ -186,31 +194,31 @@ def save_delivery(delivery: Delivery, endpoint_columns: Mapping[str, Any] | None
     attempt changed. A delivery whose endpoint was deleted meanwhile stays deleted."""
     row = delivery_row(delivery)
     del row["delivery_id"]
-    columns = _endpoint_columns(endpoint_columns or {})
+    return functools.partial(
+        _save_delivery, delivery.delivery_id, delivery.webhook_id, row, _endpoint_columns(endpoint_columns or {})
+    )
 
-    def write(connection: Connection) -> None:
-        connection.execute(
-            sa.update(webhook_deliveries).where(webhook_deliveries.c.delivery_id == delivery.delivery_id).values(row)
-        )
-        if columns:
-            connection.execute(sa.update(webhooks).where(webhooks.c.webhook_id == delivery.webhook_id).values(columns))
 
-    return write
+def _save_delivery(
+    delivery_id: str, webhook_id: str, row: dict[str, Any], columns: dict[str, Any], connection: Connection
+) -> None:
+    connection.execute(sa.update(webhook_deliveries).where(webhook_deliveries.c.delivery_id == delivery_id).values(row))
+    if columns:
+        connection.execute(sa.update(webhooks).where(webhooks.c.webhook_id == webhook_id).values(columns))
 
 
 def fail_pending(webhook_id: str, now_us: int) -> RecordWrite:
     """Mark every pending delivery of an endpoint failed (it was disabled)."""
+    return functools.partial(_fail_pending, webhook_id, now_us)
+
+
+def _fail_pending(webhook_id: str, now_us: int, connection: Connection) -> None:
     c = webhook_deliveries.c
-    return lambda connection: _run(
-        connection,
+    connection.execute(
         sa.update(webhook_deliveries)
         .where(c.webhook_id == webhook_id, c.status == int(DeliveryStatus.PENDING))
-        .values(status=int(DeliveryStatus.FAILED), next_attempt_time_us=None, complete_time_us=now_us),
+        .values(status=int(DeliveryStatus.FAILED), next_attempt_time_us=None, complete_time_us=now_us)
     )
-
-
-def _run(connection: Connection, statement: Any) -> None:
-    connection.execute(statement)
 
 
 # -- reads ---------------------------------------------------------------------------------------------
