@@ -14,7 +14,7 @@ import sqlalchemy.exc
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -61,14 +61,14 @@ class Database:
     @contextlib.asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
         """A connection; driver errors leave it as :class:`StorageError`."""
-        with _storage_errors():
+        with storage_errors():
             async with self.engine.connect() as connection:
                 yield connection
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """A connection inside a transaction, committed when the block ends without an exception."""
-        with _storage_errors():
+        with storage_errors():
             async with self.engine.begin() as connection:
                 yield connection
 
@@ -87,6 +87,15 @@ _SYNC_DRIVERS = {"sqlite": "pysqlite", "postgresql": "psycopg"}
 T = TypeVar("T")
 
 
+def sync_engine(url: URL) -> Engine:
+    """An engine over the same database through the blocking driver, one connection at a time (no pool)."""
+    backend = url.get_backend_name()
+    engine = create_engine(url.set(drivername=f"{backend}+{_SYNC_DRIVERS[backend]}"), poolclass=NullPool)
+    if backend == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
 class ThreadConnection:
     """One connection, used from one dedicated thread, synchronously: the engine's writer, its reader and
     its checkpointer are each one.
@@ -99,10 +108,7 @@ class ThreadConnection:
     """
 
     def __init__(self, url: URL, thread_name: str) -> None:
-        backend = url.get_backend_name()
-        self._engine = create_engine(url.set(drivername=f"{backend}+{_SYNC_DRIVERS[backend]}"), poolclass=NullPool)
-        if backend == "sqlite":
-            event.listen(self._engine, "connect", _sqlite_pragmas)
+        self._engine = sync_engine(url)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
         self._connection: Connection | None = None
 
@@ -112,7 +118,7 @@ class ThreadConnection:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, work)
 
     def _run(self, work: Callable[[Connection], T]) -> T:
-        with _storage_errors():
+        with storage_errors():
             if self._connection is None:
                 self._connection = self._engine.connect()
             try:
@@ -132,7 +138,7 @@ class ThreadConnection:
 
 
 @contextlib.contextmanager
-def _storage_errors() -> Iterator[None]:
+def storage_errors() -> Iterator[None]:
     """The boundary: SQLAlchemy's and the driver's errors become :class:`StorageError`."""
     try:
         yield

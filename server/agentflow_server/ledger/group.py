@@ -34,7 +34,10 @@ AccountKey = tuple[str, str]
 """(address, token)."""
 
 RecordWrite = Callable[[Connection], None]
-"""Rows kept beside the ledger's own (webhook endpoints and deliveries), written in a group's transaction."""
+"""Rows kept beside the ledger's own (webhook endpoints and deliveries), written in a group's transaction.
+
+It must pickle (a module-level function, or a ``functools.partial`` of one over plain data): the group
+may be written by a writer process."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,9 +322,15 @@ def _amount_columns(name: str) -> frozenset[str]:
     return frozenset(c.name for c in table.columns if isinstance(c.type, Amount))
 
 
-def write_group(connection: Connection, group: GroupWrite) -> None:
-    """Write a sealed group's rows; the caller commits them as one transaction."""
-    for name, rows in (
+TableRows = list[tuple[str, list[dict[str, Any]]]]
+"""A group's rows by table, in the order they are written."""
+
+
+def group_rows(group: GroupWrite) -> TableRows:
+    """A sealed group's rows by table, in the order they are written; tables with none are left out.
+
+    Plain data (names, dicts of ints, strings and bytes), so they can cross to a writer process."""
+    tables: TableRows = [
         ("payments", group.payment_rows),
         ("payments_changed", group.changed_rows),
         ("escrows", group.escrow_rows),
@@ -341,8 +350,18 @@ def write_group(connection: Connection, group: GroupWrite) -> None:
             "chain_state",
             [{"key": k, "value": v, "update_time_us": group.time_us} for k, v in group.chain_state.items()],
         ),
-    ):
-        if rows:
-            _execute_many(connection, name, rows)
-    for write in group.records:
+    ]
+    return [(name, rows) for name, rows in tables if rows]
+
+
+def write_rows(connection: Connection, tables: TableRows, records: Iterable[RecordWrite]) -> None:
+    """Write a group's rows and then its records; the caller commits them as one transaction."""
+    for name, rows in tables:
+        _execute_many(connection, name, rows)
+    for write in records:
         write(connection)
+
+
+def write_group(connection: Connection, group: GroupWrite) -> None:
+    """Write a sealed group's rows; the caller commits them as one transaction."""
+    write_rows(connection, group_rows(group), group.records)
