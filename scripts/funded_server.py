@@ -80,6 +80,7 @@ async def main() -> None:
         "accounts": addresses,
         "token": token.symbol,
         "pid": os.getpid(),
+        "writer_pid": engine.writer_pid,
     }
     print(json.dumps(ready), flush=True)
     try:

@@ -49,6 +49,23 @@ async def _wait(process: subprocess.Popen[bytes]) -> int:
     return await asyncio.wait_for(asyncio.to_thread(process.wait), 30)
 
 
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"  # a zombie has ended
+
+
+async def _gone(pid: int) -> None:
+    """Wait up to 10 s for process ``pid`` to end."""
+    for _ in range(200):
+        if not _running(pid):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"process {pid} is still running")
+
+
 async def _kill_during(
     process: subprocess.Popen[bytes],
     ready: dict[str, object],
@@ -99,6 +116,8 @@ async def test_sigkill_loses_no_acknowledged_payment_and_half_writes_none(tmp_pa
 
     await _kill_during(process, ready, submit_forever, enough)
     assert len(acknowledged) >= 300
+    # The ledger writer process saw its pipe close and ended with the server.
+    await _gone(int(ready["writer_pid"]))  # type: ignore[call-overload]
 
     # Restart on the same data directory: every acknowledged payment is there, once.
     process, ready = await _start(tmp_path)

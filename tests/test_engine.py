@@ -24,6 +24,7 @@ from agentflow_server.engine.model import CHAIN, FEES, Balance, Batch, Deposit, 
 from agentflow_server.errors import ApiError
 from agentflow_server.ledger import Database, StorageError
 from agentflow_server.ledger.payments import load_payments
+from agentflow_server.ledger.writer import GroupWriter
 from agentflow_server.tokens import TokenRegistry
 
 from .conftest import ALICE, BOB
@@ -33,11 +34,15 @@ TOKENS = TokenRegistry.configure({}, {})
 USDC = TOKENS.get("USDC")
 
 
-@pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
-    # Small groups and a pipeline, so that several are applied in memory while earlier ones commit.
+@pytest.fixture(params=["process", "thread"])
+async def engine(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Engine]:
+    # Small groups and a pipeline, so that several are applied in memory while earlier ones commit; every
+    # test runs with the writer in a process of its own (the default) and on a thread.
     database = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
-    engine = Engine(database, TOKENS, EngineConfig(max_queue_size=100_000, max_group_size=16, max_inflight=2))
+    config = EngineConfig(
+        max_queue_size=100_000, max_group_size=16, max_inflight=2, writer_process=request.param == "process"
+    )
+    engine = Engine(database, TOKENS, config)
     await engine.start()
     yield engine
     await engine.stop()
@@ -171,31 +176,28 @@ async def test_a_failed_commit_undoes_its_group_and_those_built_on_it(engine: En
     assert (sums[(ALICE, 1)], sums[(ALICE, 2)]) == (stored.available, stored.reserved)
 
 
-async def test_groups_in_flight_fail_together(engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_groups_in_flight_fail_together(engine: Engine, tmp_path: Path) -> None:
     """When a commit fails while later groups are already applied on top of it, all of them are undone."""
     path = tmp_path / "ledger.db"
     await engine.execute(deposit(ALICE, 10**12))
-    writes: list[int] = []
-    original = Engine._write
-
-    def failing_second(self: Engine, write: object, epoch: int, connection: object) -> None:
-        writes.append(epoch)
-        if len(writes) == 2:
-            self._failed_epoch = epoch
-            raise StorageError("disk full")
-        original(self, write, epoch, connection)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(Engine, "_write", failing_second)
-    results = await asyncio.gather(*(engine.execute(submit()) for i in range(100)), return_exceptions=True)
+    # The ledger refuses one payment's row, as a full disk would refuse its whole group.
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON payments WHEN NEW.task_id = 'poison' "
+            "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+    poison = SubmitPayment(ALICE, BOB, USDC, 1_000_000, Priority.NORMAL, "poison", "", (), "")
+    commands = [poison if i == 40 else submit() for i in range(100)]
+    results = await asyncio.gather(*(engine.execute(c) for c in commands), return_exceptions=True)
     accepted = [r for r in results if isinstance(r, Payment)]
     refused = [r for r in results if isinstance(r, StorageError)]
     assert len(accepted) + len(refused) == 100
-    assert accepted  # the group before the failure committed
-    assert refused
+    assert accepted  # the groups before the failure committed
+    assert isinstance(results[40], StorageError)
+    assert "disk full" in str(results[40])
     stored = stored_balances(path)[(ALICE, "USDC")]
     assert stored.reserved == len(accepted) * 1_010_000
     # Memory agrees with the database: the next payment is checked against the committed balance.
-    monkeypatch.undo()
     await engine.execute(submit())
     assert stored_balances(path)[(ALICE, "USDC")].reserved == (len(accepted) + 1) * 1_010_000
     assert len(engine.queues["USDC"]) == len(accepted) + 1
@@ -284,7 +286,6 @@ def test_request_hash_tells_every_field_apart() -> None:
 async def test_escrow_steps_in_pipelined_groups_see_each_other(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import time
 
     from agentflow_server.engine.commands import Actor, CreateEscrow, RefundEscrow, ReleaseEscrow
     from agentflow_server.engine.model import Escrow, EscrowOutcome, EscrowStatus, ExpiryAction, ReleaseCondition
@@ -304,13 +305,13 @@ async def test_escrow_steps_in_pipelined_groups_see_each_other(
     assert len(ids) == 40
     # Each escrow's steps land in different groups of 16, applied while earlier ones commit (slowly, so
     # that the next group's reads always find the database behind).
-    original = Engine._write
+    original = GroupWriter.commit
 
-    def slow_write(self: Engine, *args: Any) -> None:
-        time.sleep(0.01)
-        original(self, *args)
+    async def slow_commit(self: GroupWriter, *args: Any) -> None:
+        await asyncio.sleep(0.01)  # the same delay for each, so they still reach the writer in order
+        await original(self, *args)
 
-    monkeypatch.setattr(Engine, "_write", slow_write)
+    monkeypatch.setattr(GroupWriter, "commit", slow_commit)
     steps = [
         step
         for escrow_id in ids

@@ -760,25 +760,26 @@ async def test_get_metrics_counts_escrows_and_the_value_they_lock(admin: AsyncCl
 async def test_an_expiry_whose_commit_fails_is_tried_again(
     start_server: StartServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from agentflow_server.engine.engine import Engine
     from agentflow_server.ledger import StorageError
+    from agentflow_server.ledger.group import GroupWrite
+    from agentflow_server.ledger.writer import GroupWriter
 
     clock = Clock()
     server = await start_server(clock=clock)
     await _funder(server)(ALICE, 200 * USDC)
     async with server.client() as admin:
         escrow = (await admin.escrows.CreateEscrow(create(expire_time=at(clock, DAY)))).escrow
-        original = Engine._write
+        original = GroupWriter.commit
         failures: list[int] = []
 
-        def fail_once(self: Engine, write: object, epoch: int, connection: object) -> None:
+        async def fail_once(self: GroupWriter, group: GroupWrite, epoch: int) -> None:
             if not failures:
                 failures.append(epoch)
-                self._failed_epoch = epoch
+                self._failed_epoch = epoch  # as a failure inside the writer does
                 raise StorageError("disk full")
-            original(self, write, epoch, connection)  # type: ignore[arg-type]
+            await original(self, group, epoch)
 
-        monkeypatch.setattr(Engine, "_write", fail_once)
+        monkeypatch.setattr(GroupWriter, "commit", fail_once)
         clock.advance(DAY)
 
         async def refunded() -> bool:

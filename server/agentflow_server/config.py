@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     )
     group_pipeline_depth: int = Field(
         1, ge=1, le=8, description="engine groups committing at once; above 1 the next is applied meanwhile"
+    )
+    ledger_writer: Literal["process", "thread"] = Field(
+        "process",
+        description="where the engine commits: a process of its own (beside the gRPC front end) or a thread",
     )
     fee_rate_bps: int = Field(30, ge=0, le=10_000, description="the base fee rate in basis points (30 is 0.3%)")
     min_fees: dict[str, int] = Field(

@@ -39,10 +39,10 @@ from ..ledger.group import (
     idempotency_key,
     load_accounts,
     load_idempotency,
-    write_group,
 )
 from ..ledger.payments import load_payments
 from ..ledger.schema import payments, volume_daily
+from ..ledger.writer import GroupWriter
 from ..metrics import Metrics
 from ..tokens import Token, TokenRegistry
 from ..wire import batch_message, deposit_message, escrow_message, payment_bytes, withdrawal_message
@@ -128,6 +128,8 @@ class EngineConfig:
     # so the loop and the database work side by side; on 2 shared cores 1 measured best (the engine then
     # waits for the commit and gathers everything that arrived meanwhile into the next group).
     max_inflight: int = 1
+    # Commit in a writer process of its own (beside the event loop, not sharing its GIL), or on a thread.
+    writer_process: bool = True
     # Seconds between WAL checkpoints (SQLite).
     checkpoint_interval: float = 0.5
 
@@ -194,7 +196,7 @@ class Engine:
         self._inbox: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._accepting = False
-        self._writer = database.thread_connection("agentflow-ledger-writer")
+        self._writer = GroupWriter(database.url, "agentflow-ledger-writer", in_process=self.config.writer_process)
         self._reader = database.thread_connection("agentflow-ledger-reader")
         self._checkpointer: ThreadConnection | None = None
         self._checkpoints: asyncio.Task[None] | None = None
@@ -213,10 +215,14 @@ class Engine:
         self._inflight_queued: Counter[str] = Counter()
         # Commit tasks in the order they were started (commits happen in that order too).
         self._commits: collections.deque[asyncio.Task[None]] = collections.deque()
-        # Bumped after a failed commit; writes of older epochs queued behind it refuse (see _write).
+        # Bumped after a failed commit; the writer refuses groups of older epochs queued behind it.
         self._epoch = 0
-        self._failed_epoch = -1
         self._commit_listeners: list[Callable[[], None]] = []
+
+    @property
+    def writer_pid(self) -> int | None:
+        """The ledger writer process's id while it runs; None when the engine commits on a thread."""
+        return self._writer.pid
 
     def add_commit_listener(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` after each commit that wrote events (the event hub reads them then)."""
@@ -225,7 +231,9 @@ class Engine:
     # -- life cycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Rebuild the queues and volumes from the ledger, then start applying commands."""
+        """Start the writer, rebuild the queues and volumes from the ledger, then start applying commands."""
+        # First: a writer process waits here for one left by a crashed server, so what is read below is final.
+        await self._writer.start()
         now_us = self.clock.now_us()
         async with self._database.connect() as connection:
             queued = await connection.execute(
@@ -253,9 +261,8 @@ class Engine:
                 self._volume.load(row.payer, row.token, row.day, row.amount)
             self.deadlines.add(await connection.run_sync(load_deadlines))
         if self._database.url.get_backend_name() == "sqlite":
-            # Checkpoints copy the WAL back into the database file; done by the committing connection they
-            # stall a commit for tens of milliseconds now and then. A thread of their own does them instead.
-            await self._writer.run(lambda connection: connection.exec_driver_sql("PRAGMA wal_autocheckpoint=0"))
+            # The writer does not checkpoint the WAL (a checkpoint stalled a commit for tens of milliseconds
+            # now and then); a thread of its own does.
             self._checkpointer = self._database.thread_connection("agentflow-ledger-checkpoint")
             self._checkpoints = asyncio.create_task(self._checkpoint_forever(), name="agentflow-checkpoints")
         if self._metrics is not None:
@@ -438,7 +445,7 @@ class Engine:
     async def _commit(self, group: _Group) -> None:
         started = time.perf_counter()
         try:
-            await self._writer.run(functools.partial(self._write, group.write, group.epoch))
+            await self._writer.commit(group.write, group.epoch)
         except BaseException as error:
             if self._metrics is not None:
                 self._metrics.group_failures.inc()
@@ -495,17 +502,6 @@ class Engine:
             now_us = self.clock.now_us()
             for deadline in group.expired_deadlines:
                 self._metrics.escrow_expiry_lateness.observe(max(0, now_us - deadline) / 1e6)
-
-    def _write(self, write: GroupWrite, epoch: int, connection: Connection) -> None:
-        """On the writer's thread: a group's rows, committed durably (synchronous=FULL) before returning."""
-        if epoch <= self._failed_epoch:
-            raise StorageError("not written: an earlier group it depends on failed to commit")
-        try:
-            write_group(connection, write)
-            connection.commit()
-        except BaseException:
-            self._failed_epoch = epoch
-            raise
 
     def _fail_from(self, group: _Group, error: BaseException) -> None:
         """A group failed to commit: undo it and every group applied on top of it, newest first."""

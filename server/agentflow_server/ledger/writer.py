@@ -1,0 +1,337 @@
+"""The engine's group writer: commits sealed groups one at a time, in order, in a process of its own or on a
+thread of the server's.
+
+In a process of its own (the default) SQLite's work, and the Python that feeds it (thousands of parameters
+bound a group), run on another core beside the gRPC front end instead of taking turns with it for one GIL.
+Groups are pickled and sent as soon as they are sealed, so the process finds the next group waiting when it
+finishes one; answers come back in order, each after its group's commit, so an acknowledged payment is as
+durable as before.
+
+Epochs: a group is applied in memory on top of the groups still committing. When one fails, every group
+sent after it with the same or an older epoch is refused too (the engine undoes them all and starts a
+new epoch), so nothing built on a failed group is ever written.
+
+The process is forked from a ``multiprocessing`` fork server (started once per server process, with this
+module preloaded), not from the server itself: forking a process that runs gRPC's threads is unsafe. It
+ignores SIGINT and SIGTERM, so a Ctrl-C or a service manager's SIGTERM to the whole group leaves the server
+to drain through it; it ends when its pipe closes, that is when the server stops or dies. On SQLite it holds
+an exclusive lock on ``<ledger>.writer-lock`` while it lives, and a new writer waits for it: a server
+restarted after a crash reads the ledger only once the old writer can no longer commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import collections
+import contextlib
+import fcntl
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
+import signal
+import sys
+import threading
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy.engine import URL, Connection, make_url
+
+from .database import StorageError, ThreadConnection, storage_errors, sync_engine
+from .group import GroupWrite, RecordWrite, TableRows, group_rows, write_group, write_rows
+
+log = logging.getLogger(__name__)
+
+_READY = b"ready"
+_OK = b"ok"
+# How long a new writer process may take to start, including waiting for an old one's lock.
+_START_TIMEOUT = 60.0
+_DEPENDS_ON_FAILED = "not written: an earlier group it depends on failed to commit"
+
+
+class GroupWriter:
+    """Commits the engine's groups durably, in the order :meth:`commit` is called, through one connection.
+
+    ``in_process``: the connection lives in a writer process (see the module's docstring); otherwise on a
+    thread of this process, taking turns with the event loop for the GIL.
+    """
+
+    def __init__(self, url: URL, name: str, *, in_process: bool) -> None:
+        self._url = url
+        self._name = name
+        self._thread: ThreadConnection | None = None if in_process else ThreadConnection(url, name)
+        self._process: _WriterProcess | None = None
+        self._in_process = in_process
+        self._failed_epoch = -1
+
+    @property
+    def pid(self) -> int | None:
+        """The writer process's id while it runs (None on a thread): for operators, and for tests that kill it."""
+        return self._process.pid if self._process is not None else None
+
+    async def start(self) -> None:
+        """Start the writer process (waiting for an older one's lock), or set up the thread's connection."""
+        if self._in_process:
+            process = _WriterProcess(self._url, self._name, asyncio.get_running_loop())
+            await asyncio.to_thread(process.start)
+            self._process = process
+        elif self._thread is not None and self._url.get_backend_name() == "sqlite":
+            await self._thread.run(_no_autocheckpoint)
+
+    async def commit(self, group: GroupWrite, epoch: int) -> None:
+        """Write a sealed group's rows and commit them; return once they are durable.
+
+        Raises :class:`StorageError` if they were not committed, and for every later group of the same or an
+        older ``epoch`` (they were applied on top of it)."""
+        if epoch <= self._failed_epoch:
+            raise StorageError(_DEPENDS_ON_FAILED)
+        try:
+            if self._process is not None:
+                await self._process.commit(group, epoch)
+            else:
+                assert self._thread is not None
+                await self._thread.run(lambda connection: self._commit_here(connection, group, epoch))
+        except Exception:
+            # (A cancelled wait is not a failure: the group may still commit.)
+            self._failed_epoch = max(self._failed_epoch, epoch)
+            raise
+
+    def _commit_here(self, connection: Connection, group: GroupWrite, epoch: int) -> None:
+        # On the thread, in order: a group queued behind a failed one finds it failed here.
+        if epoch <= self._failed_epoch:
+            raise StorageError(_DEPENDS_ON_FAILED)
+        try:
+            write_group(connection, group)
+            connection.commit()
+        except BaseException:
+            self._failed_epoch = max(self._failed_epoch, epoch)
+            raise
+
+    async def close(self) -> None:
+        """Stop the writer; call it once every commit has returned."""
+        if self._process is not None:
+            await asyncio.to_thread(self._process.close)
+        elif self._thread is not None:
+            await self._thread.close()
+
+
+def _no_autocheckpoint(connection: Connection) -> None:
+    # Checkpoints copy the WAL back into the database file; done by the committing connection they stall a
+    # commit for tens of milliseconds now and then. The engine's checkpointer does them instead.
+    connection.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
+
+
+class _WriterProcess:
+    """The server's side of a writer process: groups go out through a sender thread (pickling, and waiting
+    for room in the pipe, off the event loop); answers come back through a receiver thread, in order."""
+
+    def __init__(self, url: URL, name: str, loop: asyncio.AbstractEventLoop) -> None:
+        self._url = url
+        self._name = name
+        self._loop = loop
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-send")
+        self._receiver: threading.Thread | None = None
+        self._to_child: multiprocessing.connection.Connection | None = None
+        self._child: multiprocessing.process.BaseProcess | None = None
+        # The answers still to come, in the order their groups were sent (touched on the loop only).
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+        # Why the process is gone, once it is: a group may then have committed without an answer, so the
+        # engine's memory may differ from the ledger, and nothing more is written until the server restarts.
+        self._lost: str | None = None
+        self._closing = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid if self._child is not None and self._lost is None else None
+
+    def start(self) -> None:
+        """Start the process and wait until it holds the ledger (blocking: call it off the loop)."""
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        commands, to_child = context.Pipe(duplex=False)
+        from_child, answers = context.Pipe(duplex=False)
+        lock = None
+        if self._url.get_backend_name() == "sqlite":
+            if self._url.database in (None, "", ":memory:"):
+                raise StorageError("an in-memory SQLite ledger cannot be written by a writer process")
+            lock = f"{self._url.database}.writer-lock"
+        child = context.Process(
+            target=_serve,
+            args=(self._url.render_as_string(hide_password=False), lock, commands, answers),
+            name=self._name,
+        )
+        child.start()
+        commands.close()
+        answers.close()
+        self._to_child, self._child = to_child, child
+        # If the server exits without close(), the pipe still closes and the process ends. (Registered after
+        # multiprocessing's own exit hook, so it runs before that one waits for the process.)
+        atexit.register(self._close_pipe)
+        if not from_child.poll(_START_TIMEOUT):
+            self.close()
+            raise StorageError(f"the ledger writer process did not start within {_START_TIMEOUT:.0f} s")
+        try:
+            reply = from_child.recv_bytes()
+        except (EOFError, OSError):
+            self.close()
+            raise StorageError("the ledger writer process exited while starting") from None
+        if reply != _READY:
+            self.close()
+            raise StorageError(f"the ledger writer process could not open the ledger: {pickle.loads(reply)}")
+        self._receiver = threading.Thread(
+            target=self._receive, args=(from_child,), name=f"{self._name}-receive", daemon=True
+        )
+        self._receiver.start()
+
+    async def commit(self, group: GroupWrite, epoch: int) -> None:
+        if self._lost is not None:
+            raise StorageError(self._lost)
+        tables = group_rows(group)
+        answer = self._loop.create_future()
+        # Sent in the order commit() is called: the executor's one thread takes them first come first served.
+        try:
+            self._sender.submit(self._send, epoch, tables, group.records)
+        except RuntimeError:  # closed
+            raise StorageError("the ledger writer is closed") from None
+        self._waiting.append(answer)
+        await answer
+
+    def _send(self, epoch: int, tables: TableRows, records: list[RecordWrite]) -> None:
+        """On the sender thread."""
+        if self._lost is not None or self._to_child is None:
+            return  # the receiver fails every answer still waiting
+        try:
+            self._to_child.send_bytes(pickle.dumps((epoch, tables, records), protocol=pickle.HIGHEST_PROTOCOL))
+        except Exception as error:
+            # Not pickled (a bug) or not sent: nothing after it may be written either, so the writer is lost.
+            log.exception("a group could not be handed to the ledger writer process")
+            self._lose(f"a group could not be handed to the ledger writer process ({error!r})")
+
+    def _receive(self, from_child: multiprocessing.connection.Connection) -> None:
+        """On the receiver thread: each answer resolves the oldest group waiting."""
+        while True:
+            try:
+                reply = from_child.recv_bytes()
+            except (EOFError, OSError):
+                break
+            error = None if reply == _OK else StorageError(pickle.loads(reply))
+            self._loop.call_soon_threadsafe(self._answer, error)
+        _close_quietly(from_child)
+        if not self._closing:
+            self._lose("the ledger writer process exited")
+        with contextlib.suppress(RuntimeError):  # the loop is closed: no one is waiting any more
+            self._loop.call_soon_threadsafe(self._fail_waiting)
+
+    def _answer(self, error: StorageError | None) -> None:
+        answer = self._waiting.popleft()
+        if answer.done():
+            return
+        if error is None:
+            answer.set_result(None)
+        else:
+            answer.set_exception(error)
+
+    def _fail_waiting(self) -> None:
+        while self._waiting:
+            answer = self._waiting.popleft()
+            if not answer.done():
+                answer.set_exception(StorageError(self._lost or "the ledger writer process was closed"))
+
+    def _lose(self, reason: str) -> None:
+        if self._lost is not None:
+            return
+        self._lost = f"{reason}; restart the server to write again"
+        log.critical(self._lost, extra={"event": "ledger.writer_lost"})
+        if self._to_child is not None:
+            _close_quietly(self._to_child)
+
+    def _close_pipe(self) -> None:
+        if self._to_child is not None:
+            _close_quietly(self._to_child)
+
+    def close(self) -> None:
+        """Close the pipe (the process ends once it has answered what it was sent) and wait for it to end."""
+        self._closing = True
+        self._sender.shutdown(wait=True)
+        atexit.unregister(self._close_pipe)
+        self._close_pipe()
+        if self._child is not None:
+            self._child.join(_START_TIMEOUT)
+            if self._child.is_alive():
+                self._child.kill()
+                self._child.join()
+        if self._receiver is not None:
+            self._receiver.join()
+
+
+def _close_quietly(channel: multiprocessing.connection.Connection) -> None:
+    with contextlib.suppress(OSError):
+        channel.close()
+
+
+def _serve(
+    url: str,
+    lock_path: str | None,
+    commands: multiprocessing.connection.Connection,
+    answers: multiprocessing.connection.Connection,
+) -> None:
+    """The writer process: commit each group received and answer ``ok`` or the error, until the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    engine = sync_engine(make_url(url))
+    connection: Connection | None = None
+    try:
+        if lock_path is not None:
+            # Held until this process ends: never closed here, released by the kernel.
+            lock = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        with storage_errors():
+            connection = engine.connect()
+            if engine.dialect.name == "sqlite":
+                _no_autocheckpoint(connection)
+    except Exception as error:
+        answers.send_bytes(pickle.dumps(str(error)))
+        return
+    answers.send_bytes(_READY)
+    failed_epoch = -1
+    while True:
+        try:
+            message = commands.recv_bytes()
+        except (EOFError, OSError):
+            break
+        try:
+            epoch, tables, records = pickle.loads(message)
+        except Exception as error:
+            # A bug: the groups after this one may build on it, so none is written any more.
+            failed_epoch = sys.maxsize
+            answers.send_bytes(pickle.dumps(f"a group could not be read: {error!r}"))
+            continue
+        if epoch <= failed_epoch:
+            # Sent before the server learnt of a failure, so built on the failed group: refused.
+            answers.send_bytes(pickle.dumps(_DEPENDS_ON_FAILED))
+            continue
+        try:
+            if connection is None:
+                connection = engine.connect()
+            _commit(connection, tables, records)
+            reply = _OK
+        except Exception as error:
+            failed_epoch = epoch
+            # Like the writer thread: nothing of the group is committed, and the next one gets a new connection.
+            reply = pickle.dumps(str(error) or type(error).__name__)
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    connection.close()
+            connection = None
+        answers.send_bytes(reply)
+    if connection is not None:
+        connection.close()
+    engine.dispose()
+
+
+def _commit(connection: Connection, tables: TableRows, records: Iterable[RecordWrite]) -> None:
+    with storage_errors():
+        write_rows(connection, tables, records)
+        connection.commit()

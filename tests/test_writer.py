@@ -1,0 +1,133 @@
+"""The ledger writer process: it commits beside the server, outlives no server, survives the signals a
+service manager sends the whole group, and fails closed when it is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from agentflow_payments import Reason, Unavailable
+from agentflow_payments.v1 import payments_pb2
+from agentflow_server.ledger import Database, StorageError
+from agentflow_server.ledger.writer import GroupWriter
+
+from .conftest import ALICE, StartServer
+from .test_crash import _gone
+from .test_payments import USDC, _funder, pay
+
+
+def _ledger_adds_up(path: Path) -> None:
+    """Every balance equals its journal's sum, bucket by bucket."""
+    with sqlite3.connect(path) as db:
+        sums: dict[tuple[str, int], int] = defaultdict(int)
+        for debit, debit_bucket, credit, credit_bucket, amount in db.execute(
+            "SELECT debit_address, debit_bucket, credit_address, credit_bucket, amount FROM transfers"
+        ):
+            sums[(debit, debit_bucket)] -= int(amount)
+            sums[(credit, credit_bucket)] += int(amount)
+        for address, available, reserved in db.execute("SELECT address, available, reserved FROM accounts"):
+            assert (int(available), int(reserved)) == (sums[(address, 1)], sums[(address, 2)]), address
+
+
+async def test_the_writer_is_a_process_of_its_own_and_ends_with_the_server(start_server: StartServer) -> None:
+    server = await start_server()
+    pid = server.service.engine.writer_pid
+    assert pid is not None
+    assert pid != os.getpid()
+    await _funder(server)(ALICE, 100 * USDC)
+    async with server.client() as client:
+        await client.payments.SubmitPayment(pay())
+    await server.service.stop(grace=0)
+    await _gone(pid)
+
+
+async def test_the_thread_writer_has_no_process(start_server: StartServer, tmp_path: Path) -> None:
+    server = await start_server(ledger_writer="thread")
+    assert server.service.engine.writer_pid is None
+    await _funder(server)(ALICE, 100 * USDC)
+    async with server.client() as client:
+        await client.payments.SubmitPayment(pay())
+    _ledger_adds_up(tmp_path / "data" / "agentflow.db")
+
+
+async def test_the_writer_ignores_sigint_and_sigterm(start_server: StartServer) -> None:
+    """A Ctrl-C or a service manager's SIGTERM reaches every process of the group; the server drains through
+    its writer, so the writer must outlive the signal and leave only when the server closes it."""
+    server = await start_server()
+    pid = server.service.engine.writer_pid
+    assert pid is not None
+    await _funder(server)(ALICE, 100 * USDC)
+    os.kill(pid, signal.SIGINT)
+    os.kill(pid, signal.SIGTERM)
+    await asyncio.sleep(0.2)
+    async with server.client() as client:
+        payment = (await client.payments.SubmitPayment(pay())).payment
+    assert payment.status == payments_pb2.PAYMENT_STATUS_QUEUED
+
+
+async def test_a_lost_writer_fails_writes_closed_and_a_restart_recovers(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server = await start_server()
+    await _funder(server)(ALICE, 100 * USDC)
+    async with server.client() as client:
+        first = (await client.payments.SubmitPayment(pay(request_id="first"))).payment
+        pid = server.service.engine.writer_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await _gone(pid)
+        # Nothing is acknowledged that was not committed; the server refuses writes rather than guess.
+        for request_id in ("second", "third"):
+            with pytest.raises(Unavailable) as caught:
+                await client.payments.SubmitPayment(pay(request_id=request_id))
+            assert caught.value.reason == Reason.STORAGE_UNAVAILABLE
+        # Reads go on.
+        got = await client.payments.GetPayment(payments_pb2.GetPaymentRequest(name=first.name))
+        assert got.payment.request_id == "first"
+    await server.service.stop(grace=0)
+
+    restarted = await start_server()
+    async with restarted.client() as client:
+        page = await client.payments.ListPayments(payments_pb2.ListPaymentsRequest())
+        assert [p.request_id for p in page.payments] == ["first"]
+        await client.payments.SubmitPayment(pay(request_id="second"))
+    _ledger_adds_up(tmp_path / "data" / "agentflow.db")
+
+
+async def test_a_new_writer_waits_until_the_old_one_is_gone(tmp_path: Path) -> None:
+    """A server restarted while its predecessor's writer still lives reads the ledger only after that writer
+    can no longer commit (the writer's lock)."""
+    database = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
+    old = GroupWriter(database.url, "old-writer", in_process=True)
+    new = GroupWriter(database.url, "new-writer", in_process=True)
+    try:
+        await old.start()
+        starting = asyncio.create_task(new.start())
+        await asyncio.sleep(1.0)
+        assert not starting.done()
+        await old.close()
+        await asyncio.wait_for(starting, 10)
+        assert new.pid is not None
+    finally:
+        await new.close()
+        await database.close()
+
+
+async def test_a_writer_that_cannot_open_the_ledger_fails_the_start(tmp_path: Path) -> None:
+    writer = GroupWriter(make_url(f"sqlite:///{tmp_path / 'missing' / 'ledger.db'}"), "writer", in_process=True)
+    with pytest.raises(StorageError, match="could not open the ledger"):
+        await writer.start()
+    await writer.close()
+
+
+async def test_an_in_memory_ledger_needs_the_thread_writer() -> None:
+    writer = GroupWriter(make_url("sqlite://"), "writer", in_process=True)
+    with pytest.raises(StorageError, match="in-memory"):
+        await writer.start()
