@@ -7,6 +7,8 @@ and from this process, as the client, measures in one run:
 - unary SubmitPayment at 64 in flight;
 - SubmitPayments in calls of 100;
 - SubmitPayment latency (p50, p99) at an offered 1,000 payments a second;
+- the server's CPU time per call in the first three, its own and its ledger writer process's (steadier
+  than rates on a shared machine);
 - the server's RSS with at least 100,000 payments in the queue;
 - on a fresh server, 10,000 escrows with deadlines scattered over 10 s (scripts/bench_escrow.py): how late
   their expiries ran, and SubmitPayment latency meanwhile against the same probe before;
@@ -120,6 +122,31 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time process ``pid`` has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Cpu:
+    """CPU time of the server's process and of its ledger writer process (none when it writes on a thread)."""
+
+    def __init__(self, pid: int, writer_pid: int | None) -> None:
+        self._pids = (pid, writer_pid)
+        self._last = self._now()
+
+    def _now(self) -> tuple[float, float]:
+        pid, writer = self._pids
+        return cpu_seconds(pid), cpu_seconds(writer) if writer else 0.0
+
+    def lap(self) -> tuple[float, float]:
+        """(server, writer) CPU seconds since the last lap."""
+        now = self._now()
+        spent = (now[0] - self._last[0], now[1] - self._last[1])
+        self._last = now
+        return spent
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -186,9 +213,15 @@ async def measure(ready: dict[str, Any], seconds: float, latency_seconds: float)
         await closed_loop(empty, 16, 0.5)
         await closed_loop(submit, 16, 0.5)
 
+        # CPU seconds the server (and its ledger writer process) spend per call: steadier than rates on a
+        # shared machine, and where the time goes.
+        server = Cpu(int(ready["pid"]), ready.get("writer_pid"))
         empty_calls, empty_time = await closed_loop(empty, 64, seconds)
+        empty_cpu = server.lap()
         submit_calls, submit_time = await closed_loop(submit, 64, seconds)
+        submit_cpu = server.lap()
         bulk_calls, bulk_time = await closed_loop(bulk, 4, seconds)
+        bulk_cpu = server.lap()
         latencies = await open_loop(submit, 1000.0, latency_seconds)
 
         queued = 0.5 * 16 + submit_calls + bulk_calls * 100 + len(latencies)
@@ -207,6 +240,11 @@ async def measure(ready: dict[str, Any], seconds: float, latency_seconds: float)
         "submit_p50_ms_at_1000": round(statistics.median(latencies), 2),
         "submit_p99_ms_at_1000": round(percentile(latencies, 0.99), 2),
         "rss_mb_100k_queued": round(rss, 1),
+        "empty_server_cpu_us": round(empty_cpu[0] / empty_calls * 1e6, 1),
+        "submit_server_cpu_us": round(submit_cpu[0] / submit_calls * 1e6, 1),
+        "submit_writer_cpu_us": round(submit_cpu[1] / submit_calls * 1e6, 1),
+        "bulk_server_cpu_us": round(bulk_cpu[0] / (bulk_calls * 100) * 1e6, 1),
+        "bulk_writer_cpu_us": round(bulk_cpu[1] / (bulk_calls * 100) * 1e6, 1),
         "queued_payments": int(queued),
         "seconds_per_phase": seconds,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
@@ -226,6 +264,16 @@ def main() -> None:
             f"{result['submit_ratio']:.0%} of baseline (target >= 75%)",
         ),
         ("SubmitPayments, calls of 100", f"{result['bulk_payments_per_s']:,.0f} payments/s", "target >= 20,000"),
+        (
+            "server CPU per call: empty / SubmitPayment",
+            f"{result['empty_server_cpu_us']:,.0f} / {result['submit_server_cpu_us']:,.0f} µs",
+            f"+ {result['submit_writer_cpu_us']:,.0f} µs in the ledger writer process",
+        ),
+        (
+            "server CPU per payment, calls of 100",
+            f"{result['bulk_server_cpu_us']:,.0f} µs",
+            f"+ {result['bulk_writer_cpu_us']:,.0f} µs in the ledger writer process",
+        ),
         ("SubmitPayment p50 at 1,000/s offered", f"{result['submit_p50_ms_at_1000']:.2f} ms", ""),
         ("SubmitPayment p99 at 1,000/s offered", f"{result['submit_p99_ms_at_1000']:.2f} ms", "target < 10 ms"),
         (
