@@ -350,8 +350,9 @@ class StoreRecords:
     """Write records kept beside the ledger (webhook endpoints and deliveries), and the events they record,
     in a group's transaction: the engine stays the database's one writer.
 
-    ``write`` runs on the writer's thread inside the transaction. It is plain inserts and updates by key; an
-    error in it fails the whole group, like a failed commit.
+    ``write`` runs in the ledger writer (its process, or its thread) inside the transaction, so it must pickle
+    (see ``RecordWrite``). It is plain inserts and updates by key; an error in it fails the whole group, like
+    a failed commit.
     """
 
     write: RecordWrite

@@ -542,7 +542,7 @@ class Engine:
 
     async def _preload(self, pending: list[_Pending], group: _Group) -> None:
         """Read what the group's commands need and the engine does not hold: request ids already used,
-        the payments they name, and balances not cached yet. One hand-off to the writer's thread."""
+        the payments they name, and balances not cached yet. One hand-off to the reader's thread."""
         idempotency_keys: list[tuple[str, str]] = []
         payment_ids: set[str] = set()
         escrow_ids: set[str] = set()

@@ -81,7 +81,7 @@ class Database:
         await self.engine.dispose()
 
 
-# The same database through the blocking driver of the same family, for the writer's thread.
+# The same database through the blocking driver of the same family, for the ledger's threads and its writer.
 _SYNC_DRIVERS = {"sqlite": "pysqlite", "postgresql": "psycopg"}
 
 T = TypeVar("T")
@@ -97,8 +97,8 @@ def sync_engine(url: URL) -> Engine:
 
 
 class ThreadConnection:
-    """One connection, used from one dedicated thread, synchronously: the engine's writer, its reader and
-    its checkpointer are each one.
+    """One connection, used from one dedicated thread, synchronously: the engine's reader and checkpointer are
+    each one, and its writer when it commits on a thread (``ledger.writer``).
 
     The engine writes many groups a second, one at a time. Through the async driver every statement is a
     round trip between the event loop and the driver's thread; here a whole step of a group (its reads,
