@@ -131,3 +131,31 @@ async def test_an_in_memory_ledger_needs_the_thread_writer() -> None:
     writer = GroupWriter(make_url("sqlite://"), "writer", in_process=True)
     with pytest.raises(StorageError, match="in-memory"):
         await writer.start()
+
+
+async def test_an_engine_that_fails_to_start_stops_its_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentflow_server.engine.engine import Engine, EngineConfig
+    from agentflow_server.tokens import TokenRegistry
+
+    started: list[int] = []
+    original = GroupWriter.start
+
+    async def start(self: GroupWriter) -> None:
+        await original(self)
+        assert self.pid is not None
+        started.append(self.pid)
+
+    async def unreadable(self: Engine) -> int:
+        raise StorageError("the ledger cannot be read")
+
+    monkeypatch.setattr(GroupWriter, "start", start)
+    monkeypatch.setattr(Engine, "_load_state", unreadable)
+    database = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
+    engine = Engine(database, TokenRegistry.configure({}, {}), EngineConfig())
+    try:
+        with pytest.raises(StorageError, match="cannot be read"):
+            await engine.start()
+        assert len(started) == 1
+        await _gone(started[0])
+    finally:
+        await database.close()

@@ -234,6 +234,25 @@ class Engine:
         """Start the writer, rebuild the queues and volumes from the ledger, then start applying commands."""
         # First: a writer process waits here for one left by a crashed server, so what is read below is final.
         await self._writer.start()
+        try:
+            count = await self._load_state()
+        except BaseException:
+            await self._writer.close()
+            raise
+        if self._database.url.get_backend_name() == "sqlite":
+            # The writer does not checkpoint the WAL (a checkpoint stalled a commit for tens of milliseconds
+            # now and then); a thread of its own does.
+            self._checkpointer = self._database.thread_connection("agentflow-ledger-checkpoint")
+            self._checkpoints = asyncio.create_task(self._checkpoint_forever(), name="agentflow-checkpoints")
+        if self._metrics is not None:
+            for symbol, queue in self.queues.items():
+                self._metrics.queue_depth.labels(symbol).set_function(queue.__len__)
+        self._accepting = True
+        self._task = asyncio.create_task(self._run(), name="agentflow-engine")
+        log.info("engine started", extra={"event": "engine.started", "queued_payments": count})
+
+    async def _load_state(self) -> int:
+        """The queues, the volume window and the escrow deadlines from the ledger; the number queued."""
         now_us = self.clock.now_us()
         async with self._database.connect() as connection:
             queued = await connection.execute(
@@ -260,17 +279,7 @@ class Engine:
             for row in volumes:
                 self._volume.load(row.payer, row.token, row.day, row.amount)
             self.deadlines.add(await connection.run_sync(load_deadlines))
-        if self._database.url.get_backend_name() == "sqlite":
-            # The writer does not checkpoint the WAL (a checkpoint stalled a commit for tens of milliseconds
-            # now and then); a thread of its own does.
-            self._checkpointer = self._database.thread_connection("agentflow-ledger-checkpoint")
-            self._checkpoints = asyncio.create_task(self._checkpoint_forever(), name="agentflow-checkpoints")
-        if self._metrics is not None:
-            for symbol, queue in self.queues.items():
-                self._metrics.queue_depth.labels(symbol).set_function(queue.__len__)
-        self._accepting = True
-        self._task = asyncio.create_task(self._run(), name="agentflow-engine")
-        log.info("engine started", extra={"event": "engine.started", "queued_payments": count})
+        return count
 
     async def stop(self) -> None:
         """Refuse new commands, apply every command already handed over, then stop."""
