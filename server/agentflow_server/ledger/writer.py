@@ -168,7 +168,7 @@ class _WriterProcess:
         self._to_child, self._child = to_child, child
         # If the server exits without close(), the pipe still closes and the process ends. (Registered after
         # multiprocessing's own exit hook, so it runs before that one waits for the process.)
-        atexit.register(self._close_pipe)
+        atexit.register(self._at_exit)
         if not from_child.poll(_START_TIMEOUT):
             self.close()
             raise StorageError(f"the ledger writer process did not start within {_START_TIMEOUT:.0f} s")
@@ -247,16 +247,16 @@ class _WriterProcess:
         if self._to_child is not None:
             _close_quietly(self._to_child)
 
-    def _close_pipe(self) -> None:
+    def _at_exit(self) -> None:
+        self._closing = True
         if self._to_child is not None:
             _close_quietly(self._to_child)
 
     def close(self) -> None:
         """Close the pipe (the process ends once it has answered what it was sent) and wait for it to end."""
-        self._closing = True
         self._sender.shutdown(wait=True)
-        atexit.unregister(self._close_pipe)
-        self._close_pipe()
+        atexit.unregister(self._at_exit)
+        self._at_exit()
         if self._child is not None:
             self._child.join(_START_TIMEOUT)
             if self._child.is_alive():
