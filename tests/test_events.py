@@ -365,7 +365,9 @@ async def test_the_sdk_subscription_resumes_across_a_restart_without_gap_or_dupl
         again = await start_server(listen=listen, event_heartbeat_interval=0.2)
         async with again.client() as admin:
             for _ in range(6):
-                await admin.payments.SubmitPayment(pay())
+                # wait_for_ready: this process's channels share gRPC's connection to the address, which the
+                # subscription may have left waiting out a reconnect backoff while the server was down.
+                await admin.payments.SubmitPayment(pay(), wait_for_ready=True)
         await asyncio.wait_for(following, 20)
     async with again.client() as admin:
         listed = await all_events(admin, types=["payment.queued"])
@@ -394,9 +396,9 @@ async def test_the_sdk_watch_resumes_across_a_restart_and_ends_when_final(start_
         await server.service.stop()
         again = await start_server(listen=listen)
         async with again.client() as admin:
-            cancelled = (
-                await admin.payments.CancelPayment(payments_pb2.CancelPaymentRequest(name=payment.name))
-            ).payment
+            request = payments_pb2.CancelPaymentRequest(name=payment.name)
+            # wait_for_ready: see the test above.
+            cancelled = (await admin.payments.CancelPayment(request, wait_for_ready=True)).payment
         await asyncio.wait_for(following, 20)
     assert seen == [payment, cancelled]
 
