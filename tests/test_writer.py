@@ -159,3 +159,16 @@ async def test_an_engine_that_fails_to_start_stops_its_writer(tmp_path: Path, mo
         await _gone(started[0])
     finally:
         await database.close()
+
+
+async def test_a_group_that_does_not_pickle_fails_alone(start_server: StartServer) -> None:
+    """A record write that cannot cross to the writer process (a bug) fails its own group, not the writer."""
+    from agentflow_server.engine.commands import StoreRecords
+
+    server = await start_server()
+    with pytest.raises(AttributeError, match="pickle"):
+        await server.service.engine.execute(StoreRecords(lambda connection: None))
+    await _funder(server)(ALICE, 100 * USDC)
+    async with server.client() as client:
+        payment = (await client.payments.SubmitPayment(pay())).payment
+    assert payment.status == payments_pb2.PAYMENT_STATUS_QUEUED

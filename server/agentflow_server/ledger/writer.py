@@ -124,8 +124,8 @@ def _no_autocheckpoint(connection: Connection) -> None:
 
 
 class _WriterProcess:
-    """The server's side of a writer process: groups go out through a sender thread (pickling, and waiting
-    for room in the pipe, off the event loop); answers come back through a receiver thread, in order."""
+    """The server's side of a writer process: groups are pickled on the loop and go out through a sender
+    thread (which waits for room in the pipe); answers come back through a receiver thread, in order."""
 
     def __init__(self, url: URL, name: str, loop: asyncio.AbstractEventLoop) -> None:
         self._url = url
@@ -188,25 +188,26 @@ class _WriterProcess:
     async def commit(self, group: GroupWrite, epoch: int) -> None:
         if self._lost is not None:
             raise StorageError(self._lost)
-        tables = group_rows(group)
+        # Pickled here, so a group that does not pickle (a bug) fails alone and before anything after it is
+        # sent; its epoch is then refused by GroupWriter.
+        message = pickle.dumps((epoch, group_rows(group), group.records), protocol=pickle.HIGHEST_PROTOCOL)
         answer = self._loop.create_future()
         # Sent in the order commit() is called: the executor's one thread takes them first come first served.
         try:
-            self._sender.submit(self._send, epoch, tables, group.records)
+            self._sender.submit(self._send, message)
         except RuntimeError:  # closed
             raise StorageError("the ledger writer is closed") from None
         self._waiting.append(answer)
         await answer
 
-    def _send(self, epoch: int, tables: TableRows, records: list[RecordWrite]) -> None:
-        """On the sender thread."""
+    def _send(self, message: bytes) -> None:
+        """On the sender thread: waiting for room in the pipe while the process commits is off the loop."""
         if self._lost is not None or self._to_child is None:
             return  # the receiver fails every answer still waiting
         try:
-            self._to_child.send_bytes(pickle.dumps((epoch, tables, records), protocol=pickle.HIGHEST_PROTOCOL))
-        except Exception as error:
-            # Not pickled (a bug) or not sent: nothing after it may be written either, so the writer is lost.
-            log.exception("a group could not be handed to the ledger writer process")
+            self._to_child.send_bytes(message)
+        except OSError as error:
+            # Not sent, so nothing after it may be written either: the writer is lost.
             self._lose(f"a group could not be handed to the ledger writer process ({error!r})")
 
     def _receive(self, from_child: multiprocessing.connection.Connection) -> None:
