@@ -148,15 +148,15 @@ class _WriterProcess:
 
     def start(self) -> None:
         """Start the process and wait until it holds the ledger (blocking: call it off the loop)."""
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
-        commands, to_child = context.Pipe(duplex=False)
-        from_child, answers = context.Pipe(duplex=False)
         lock = None
         if self._url.get_backend_name() == "sqlite":
             if self._url.database in (None, "", ":memory:"):
                 raise StorageError("an in-memory SQLite ledger cannot be written by a writer process")
             lock = f"{self._url.database}.writer-lock"
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        commands, to_child = context.Pipe(duplex=False)
+        from_child, answers = context.Pipe(duplex=False)
         child = context.Process(
             target=_serve,
             args=(self._url.render_as_string(hide_password=False), lock, commands, answers),
@@ -169,17 +169,19 @@ class _WriterProcess:
         # If the server exits without close(), the pipe still closes and the process ends. (Registered after
         # multiprocessing's own exit hook, so it runs before that one waits for the process.)
         atexit.register(self._at_exit)
-        if not from_child.poll(_START_TIMEOUT):
-            self.close()
-            raise StorageError(f"the ledger writer process did not start within {_START_TIMEOUT:.0f} s")
         try:
-            reply = from_child.recv_bytes()
-        except (EOFError, OSError):
-            self.close()
-            raise StorageError("the ledger writer process exited while starting") from None
-        if reply != _READY:
-            self.close()
-            raise StorageError(f"the ledger writer process could not open the ledger: {pickle.loads(reply)}")
+            if not from_child.poll(_START_TIMEOUT):
+                raise StorageError(f"the ledger writer process did not start within {_START_TIMEOUT:.0f} s")
+            try:
+                reply = from_child.recv_bytes()
+            except (EOFError, OSError):
+                raise StorageError("the ledger writer process exited while starting") from None
+            if reply != _READY:
+                raise StorageError(f"the ledger writer process could not open the ledger: {pickle.loads(reply)}")
+        except BaseException:
+            _close_quietly(from_child)
+            self.close(wait=False)
+            raise
         self._receiver = threading.Thread(
             target=self._receive, args=(from_child,), name=f"{self._name}-receive", daemon=True
         )
@@ -253,13 +255,14 @@ class _WriterProcess:
         if self._to_child is not None:
             _close_quietly(self._to_child)
 
-    def close(self) -> None:
-        """Close the pipe (the process ends once it has answered what it was sent) and wait for it to end."""
+    def close(self, wait: bool = True) -> None:
+        """Close the pipe (the process ends once it has answered what it was sent) and wait for it to end;
+        without ``wait``, end it at once (a start that failed: it may be waiting for another's lock)."""
         self._sender.shutdown(wait=True)
         atexit.unregister(self._at_exit)
         self._at_exit()
         if self._child is not None:
-            self._child.join(_START_TIMEOUT)
+            self._child.join(_START_TIMEOUT if wait else 0)
             if self._child.is_alive():
                 self._child.kill()
                 self._child.join()
