@@ -36,11 +36,15 @@ USDC = TOKENS.get("USDC")
 
 @pytest.fixture(params=["process", "thread"])
 async def engine(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Engine]:
-    # Small groups and a pipeline, so that several are applied in memory while earlier ones commit; every
+    # Small groups, each pipelined, so that several are applied in memory while earlier ones commit; every
     # test runs with the writer in a process of its own (the default) and on a thread.
     database = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
     config = EngineConfig(
-        max_queue_size=100_000, max_group_size=16, max_inflight=2, writer_process=request.param == "process"
+        max_queue_size=100_000,
+        max_group_size=16,
+        max_inflight=2,
+        pipeline_min_commands=1,
+        writer_process=request.param == "process",
     )
     engine = Engine(database, TOKENS, config)
     await engine.start()
@@ -238,7 +242,7 @@ async def test_fees_follow_the_payers_volume_and_the_queue_depth(tmp_path: Path)
 
 async def test_the_queue_bound_holds_while_groups_commit(tmp_path: Path) -> None:
     database = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'bound.db'}")
-    engine = Engine(database, TOKENS, EngineConfig(max_queue_size=50, max_group_size=16, max_inflight=2))
+    engine = Engine(database, TOKENS, EngineConfig(max_queue_size=50, max_group_size=16, pipeline_min_commands=1))
     await engine.start()
     try:
         await engine.execute(deposit(ALICE, 10**15))
@@ -250,6 +254,55 @@ async def test_the_queue_bound_holds_while_groups_commit(tmp_path: Path) -> None
     finally:
         await engine.stop()
         await database.close()
+
+
+async def test_only_a_group_worth_it_is_applied_while_another_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A few commands wait for the commit under way and then go as one group; a hundred go at once."""
+    database = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'pipeline.db'}")
+    engine = Engine(database, TOKENS, EngineConfig(max_inflight=2, pipeline_min_commands=100))
+    await engine.start()
+    original = GroupWriter.commit
+    gate = asyncio.Event()
+    started: asyncio.Queue[int] = asyncio.Queue()  # payments in each commit, as the commits start
+
+    async def held_commit(self: GroupWriter, group: Any, epoch: int) -> None:
+        started.put_nowait(len(group.new_payments))
+        await gate.wait()  # waiters wake in order, so the commits still reach the writer in order
+        await original(self, group, epoch)
+
+    async def next_commit() -> int:
+        return await asyncio.wait_for(started.get(), 10)
+
+    try:
+        await engine.execute(deposit(ALICE, 10**15))
+        monkeypatch.setattr(GroupWriter, "commit", held_commit)
+        first = asyncio.create_task(engine.execute(submit()))
+        assert await next_commit() == 1
+        five = [submit() for _ in range(5)]
+        few = asyncio.create_task(engine.execute_many(five))
+        await asyncio.sleep(0.1)
+        assert started.empty()  # the five wait for the held commit...
+        gate.set()
+        assert await next_commit() == 5  # ...and then commit together
+        await asyncio.gather(first, few)
+
+        gate.clear()
+        first = asyncio.create_task(engine.execute(submit()))
+        assert await next_commit() == 1
+        commands = [submit() for _ in range(150)]
+        many = asyncio.create_task(engine.execute_many(commands))
+        assert await next_commit() == 150  # applied and on its way while the first is still held
+        assert not first.done()
+        gate.set()
+        results = await asyncio.gather(first, many)
+        assert all(isinstance(p, Payment) for p in [results[0], *results[1]])
+    finally:
+        gate.set()
+        await engine.stop()
+        await database.close()
+    assert stored_balances(tmp_path / "pipeline.db")[(ALICE, "USDC")].reserved == 157 * 1_010_000
 
 
 async def test_amounts_up_to_2_256_are_exact(engine: Engine, tmp_path: Path) -> None:

@@ -178,6 +178,7 @@ class Service:
                 max_group_wait=settings.group_max_wait_ms / 1000,
                 max_queue_size=settings.max_queue_size,
                 max_inflight=settings.group_pipeline_depth,
+                pipeline_min_commands=settings.group_pipeline_min,
                 writer_process=settings.ledger_writer == "process",
                 fee_schedule=fee_schedule,
                 escrow_default_expiry=datetime.timedelta(seconds=settings.escrow_default_expiry),

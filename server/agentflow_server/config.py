@@ -53,7 +53,13 @@ class Settings(BaseSettings):
         0.5, ge=0, le=1000, description="how long a commit group waits for more commands after its first"
     )
     group_pipeline_depth: int = Field(
-        1, ge=1, le=8, description="engine groups committing at once; above 1 the next is applied meanwhile"
+        2, ge=1, le=8, description="engine groups committing at once; above 1 the next is applied meanwhile"
+    )
+    group_pipeline_min: int = Field(
+        100,
+        ge=1,
+        le=100_000,
+        description="commands waiting for a group to start while another commits; fewer wait for it",
     )
     ledger_writer: Literal["process", "thread"] = Field(
         "process",
