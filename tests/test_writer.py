@@ -11,10 +11,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy.engine import make_url
 
 from agentflow_payments import Reason, Unavailable
 from agentflow_payments.v1 import payments_pb2
+from agentflow_server.app import LEDGER_HEALTH
 from agentflow_server.ledger import Database, StorageError
 from agentflow_server.ledger.writer import GroupWriter
 
@@ -78,6 +80,13 @@ async def test_a_lost_writer_fails_writes_closed_and_a_restart_recovers(
     server = await start_server()
     await _funder(server)(ALICE, 100 * USDC)
     async with server.client() as client:
+        health = health_pb2_grpc.HealthStub(client.channel)
+
+        async def status(service: str) -> int:
+            return (await health.Check(health_pb2.HealthCheckRequest(service=service))).status
+
+        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        assert (await status(""), await status(LEDGER_HEALTH)) == (serving, serving)
         first = (await client.payments.SubmitPayment(pay(request_id="first"))).payment
         pid = server.service.engine.writer_pid
         assert pid is not None
@@ -88,9 +97,11 @@ async def test_a_lost_writer_fails_writes_closed_and_a_restart_recovers(
             with pytest.raises(Unavailable) as caught:
                 await client.payments.SubmitPayment(pay(request_id=request_id))
             assert caught.value.reason == Reason.STORAGE_UNAVAILABLE
-        # Reads go on.
+        # Reads go on; health tells load balancers and orchestrators that this server needs a restart.
         got = await client.payments.GetPayment(payments_pb2.GetPaymentRequest(name=first.name))
         assert got.payment.request_id == "first"
+        assert (await status(""), await status(LEDGER_HEALTH)) == (not_serving, not_serving)
+        assert await status("agentflow.payments.v1.PaymentService") == serving  # registered, and reads work
     await server.service.stop(grace=0)
 
     restarted = await start_server()

@@ -238,6 +238,8 @@ class Service:
         )
         health_servicer = AsyncHealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        health = _HealthReporter(health_servicer)
+        engine.add_writer_lost_listener(health.writer_lost)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,
@@ -267,9 +269,7 @@ class Service:
             # NOT_SERVING until the stage has reached the chain once; it reports every change after that.
             await health_servicer.set(SETTLEMENT_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
             try:
-                runtime = await ChainRuntime.start(
-                    chain, engine, batches, tokens, _health_reporter(health_servicer), metrics
-                )
+                runtime = await ChainRuntime.start(chain, engine, batches, tokens, health.settlement, metrics)
             except Exception as error:
                 await expiry.stop()
                 await dispatcher.stop()
@@ -278,8 +278,10 @@ class Service:
                 await _close(database, chain)
                 raise StartupError(str(error)) from error
         await server.start()
-        for name in ("", *SERVICE_NAMES):
+        for name in ("", LEDGER_HEALTH, *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if health.ledger_lost:  # while starting
+            health.set(("", LEDGER_HEALTH), serving=False)
         endpoints = Endpoints(grpc_port=port, metrics_port=metrics_port)
         log.info(
             "serving",
@@ -336,6 +338,10 @@ class Service:
 SETTLEMENT_HEALTH = "agentflow.payments.v1.Settlement"
 """The health service name of settlement: NOT_SERVING while the chain cannot be reached (payments are
 still accepted and queued)."""
+
+LEDGER_HEALTH = "agentflow.payments.v1.Ledger"
+"""The health service name of the ledger: NOT_SERVING, with the server as a whole (""), once the ledger
+writer process is lost. Every write then fails until the server is restarted; reads go on."""
 
 
 def chain_options(settings: Settings) -> ChainOptions:
@@ -397,21 +403,33 @@ def _owner_lookup(registry: ApiKeyRegistry) -> Callable[[str], tuple[bool, froze
     return lookup
 
 
-def _health_reporter(health_servicer: Any) -> Callable[[bool], None]:
-    """The settlement stage's health callback: sets SETTLEMENT_HEALTH when it changes."""
-    last: list[bool | None] = [None]
-    tasks: set[asyncio.Task[Any]] = set()
+class _HealthReporter:
+    """Sets health statuses from the callbacks of the settlement stage and the engine (plain functions on the
+    event loop; the servicer's ``set`` is a coroutine)."""
 
-    def report(serving: bool) -> None:
-        if serving == last[0]:
-            return
-        last[0] = serving
+    def __init__(self, servicer: Any) -> None:
+        self._servicer = servicer
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._settlement: bool | None = None
+        self.ledger_lost = False
+
+    def set(self, names: tuple[str, ...], *, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        task = asyncio.ensure_future(health_servicer.set(SETTLEMENT_HEALTH, status))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        for name in names:
+            task = asyncio.ensure_future(self._servicer.set(name, status))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
-    return report
+    def settlement(self, serving: bool) -> None:
+        """The settlement stage's callback: SETTLEMENT_HEALTH follows it."""
+        if serving != self._settlement:
+            self._settlement = serving
+            self.set((SETTLEMENT_HEALTH,), serving=serving)
+
+    def writer_lost(self, _reason: str) -> None:
+        """The engine's callback: no write succeeds any more, so the server is not fit for traffic."""
+        self.ledger_lost = True
+        self.set(("", LEDGER_HEALTH), serving=False)
 
 
 async def _close(database: Database, chain: ChainConnection | None) -> None:

@@ -200,7 +200,9 @@ class Engine:
         self._inbox: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._accepting = False
-        self._writer = GroupWriter(database.url, "agentflow-ledger-writer", in_process=self.config.writer_process)
+        self._writer = GroupWriter(
+            database.url, "agentflow-ledger-writer", in_process=self.config.writer_process, on_lost=self._writer_lost
+        )
         self._reader = database.thread_connection("agentflow-ledger-reader")
         self._checkpointer: ThreadConnection | None = None
         self._checkpoints: asyncio.Task[None] | None = None
@@ -222,6 +224,7 @@ class Engine:
         # Bumped after a failed commit; the writer refuses groups of older epochs queued behind it.
         self._epoch = 0
         self._commit_listeners: list[Callable[[], None]] = []
+        self._lost_listeners: list[Callable[[str], None]] = []
 
     @property
     def writer_pid(self) -> int | None:
@@ -231,6 +234,15 @@ class Engine:
     def add_commit_listener(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` after each commit that wrote events (the event hub reads them then)."""
         self._commit_listeners.append(listener)
+
+    def add_writer_lost_listener(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener`` with the reason if the ledger writer process is lost: from then on every write
+        fails with STORAGE_UNAVAILABLE until the server restarts (reads go on)."""
+        self._lost_listeners.append(listener)
+
+    def _writer_lost(self, reason: str) -> None:
+        for listener in self._lost_listeners:
+            listener(reason)
 
     # -- life cycle ---------------------------------------------------------------------------------
 

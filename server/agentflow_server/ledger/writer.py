@@ -34,7 +34,7 @@ import pickle
 import signal
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy.engine import URL, Connection, make_url
@@ -55,12 +55,14 @@ class GroupWriter:
     """Commits the engine's groups durably, in the order :meth:`commit` is called, through one connection.
 
     ``in_process``: the connection lives in a writer process (see the module's docstring); otherwise on a
-    thread of this process, taking turns with the event loop for the GIL.
+    thread of this process, taking turns with the event loop for the GIL. ``on_lost`` is called on the
+    event loop, with the reason, if the writer process is lost: nothing is written after that.
     """
 
-    def __init__(self, url: URL, name: str, *, in_process: bool) -> None:
+    def __init__(self, url: URL, name: str, *, in_process: bool, on_lost: Callable[[str], None] | None = None) -> None:
         self._url = url
         self._name = name
+        self._on_lost = on_lost
         self._thread: ThreadConnection | None = None if in_process else ThreadConnection(url, name)
         self._process: _WriterProcess | None = None
         self._in_process = in_process
@@ -74,7 +76,7 @@ class GroupWriter:
     async def start(self) -> None:
         """Start the writer process (waiting for an older one's lock), or set up the thread's connection."""
         if self._in_process:
-            process = _WriterProcess(self._url, self._name, asyncio.get_running_loop())
+            process = _WriterProcess(self._url, self._name, asyncio.get_running_loop(), self._on_lost)
             await asyncio.to_thread(process.start)
             self._process = process
         elif self._thread is not None and self._url.get_backend_name() == "sqlite":
@@ -127,10 +129,17 @@ class _WriterProcess:
     """The server's side of a writer process: groups are pickled on the loop and go out through a sender
     thread (which waits for room in the pipe); answers come back through a receiver thread, in order."""
 
-    def __init__(self, url: URL, name: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        url: URL,
+        name: str,
+        loop: asyncio.AbstractEventLoop,
+        on_lost: Callable[[str], None] | None = None,
+    ) -> None:
         self._url = url
         self._name = name
         self._loop = loop
+        self._on_lost = on_lost
         self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-send")
         self._receiver: threading.Thread | None = None
         self._to_child: multiprocessing.connection.Connection | None = None
@@ -249,6 +258,9 @@ class _WriterProcess:
         log.critical(self._lost, extra={"event": "ledger.writer_lost"})
         if self._to_child is not None:
             _close_quietly(self._to_child)
+        if self._on_lost is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: no one is listening any more
+                self._loop.call_soon_threadsafe(self._on_lost, self._lost)
 
     def _at_exit(self) -> None:
         self._closing = True
