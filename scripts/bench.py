@@ -16,13 +16,16 @@ and from this process, as the client, measures in one run:
   ERC-20 payments against one transfer alone, and payments from SubmitPayment to COMPLETED.
 
 Both baseline and payments go through the same channel and client code, so the ratio says what the
-payment path costs on top of gRPC itself. Prints a table, then one JSON line.
+payment path costs on top of gRPC itself. The client's own garbage collector is paused while it times
+calls, so its pauses are not counted as the server's latency. Prints a table, then one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import json
 import os
 import platform
@@ -31,7 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +150,20 @@ class Cpu:
         return spent
 
 
+@contextlib.contextmanager
+def client_gc_paused() -> Iterator[None]:
+    """Pause this process's (the client's) garbage collector: its gen-2 collections took 25-45 ms here, and
+    every call in flight meanwhile was counted as that much slower, though the server had answered."""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -215,14 +232,16 @@ async def measure(ready: dict[str, Any], seconds: float, latency_seconds: float)
 
         # CPU seconds the server (and its ledger writer process) spend per call: steadier than rates on a
         # shared machine, and where the time goes.
-        server = Cpu(int(ready["pid"]), ready.get("writer_pid"))
-        empty_calls, empty_time = await closed_loop(empty, 64, seconds)
-        empty_cpu = server.lap()
-        submit_calls, submit_time = await closed_loop(submit, 64, seconds)
-        submit_cpu = server.lap()
-        bulk_calls, bulk_time = await closed_loop(bulk, 4, seconds)
-        bulk_cpu = server.lap()
-        latencies = await open_loop(submit, 1000.0, latency_seconds)
+        with client_gc_paused():
+            server = Cpu(int(ready["pid"]), ready.get("writer_pid"))
+            empty_calls, empty_time = await closed_loop(empty, 64, seconds)
+            empty_cpu = server.lap()
+            submit_calls, submit_time = await closed_loop(submit, 64, seconds)
+            submit_cpu = server.lap()
+            bulk_calls, bulk_time = await closed_loop(bulk, 4, seconds)
+            bulk_cpu = server.lap()
+        with client_gc_paused():
+            latencies = await open_loop(submit, 1000.0, latency_seconds)
 
         queued = 0.5 * 16 + submit_calls + bulk_calls * 100 + len(latencies)
         while queued < 100_000:
