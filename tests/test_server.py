@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import sqlite3
 import urllib.request
 from pathlib import Path
 
@@ -130,6 +131,16 @@ async def test_a_second_server_on_the_same_port_fails_loudly(
     async with server.client(api_key=None) as client:  # the first one is unharmed
         health = health_pb2_grpc.HealthStub(client.channel)
         assert (await health.Check(health_pb2.HealthCheckRequest())).status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_a_sqlite_library_too_old_for_the_ledger_stops_the_start(
+    start_server: StartServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An older library cannot be installed beside this one; the version it reports is what the check reads.
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 31, 1))
+    with pytest.raises(StartupError, match=r"needs SQLite 3\.33\.0 or newer; this Python uses SQLite 3\.31\.1"):
+        await start_server(data_dir=tmp_path / "old")
+    assert not (tmp_path / "old").exists()  # nothing created
 
 
 async def test_metrics_endpoint_serves_prometheus_text(start_server: StartServer) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +22,9 @@ from sqlalchemy.pool import NullPool
 log = logging.getLogger(__name__)
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
+
+SQLITE_MIN_VERSION = (3, 33, 0)
+"""The oldest SQLite library the ledger runs on: a group's changed payments are one ``UPDATE ... FROM``."""
 
 
 class StorageError(Exception):
@@ -51,8 +55,10 @@ class Database:
     async def open(cls, url: str) -> Database:
         """Connect, create the SQLite file's directory if needed, and apply pending migrations."""
         database = cls(url)
-        if database.url.get_backend_name() == "sqlite" and database.url.database:
-            Path(database.url.database).parent.mkdir(parents=True, exist_ok=True)
+        if database.url.get_backend_name() == "sqlite":
+            _require_sqlite(sqlite3.sqlite_version_info)
+            if database.url.database:
+                Path(database.url.database).parent.mkdir(parents=True, exist_ok=True)
         async with database.connect() as connection:
             await connection.run_sync(_upgrade)
             await connection.commit()
@@ -79,6 +85,13 @@ class Database:
     async def close(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
+
+
+def _require_sqlite(version: tuple[int, int, int]) -> None:
+    # Refused at start: an older library would accept payments and fail at their first settlement.
+    if version < SQLITE_MIN_VERSION:
+        found, needed = (".".join(map(str, v)) for v in (version, SQLITE_MIN_VERSION))
+        raise StorageError(f"the ledger needs SQLite {needed} or newer; this Python uses SQLite {found}")
 
 
 # The same database through the blocking driver of the same family, for the ledger's threads and its writer.
