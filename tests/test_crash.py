@@ -96,26 +96,38 @@ async def test_sigkill_loses_no_acknowledged_payment_and_half_writes_none(tmp_pa
     enough = asyncio.Event()
 
     async def submit_forever(client: AsyncClient, worker: int) -> None:
+        # Half the workers send one payment a call, half 150: a group of those is applied while the one
+        # before it commits, so the kill can land with two groups in flight.
+        size = 1 if worker % 2 else 150
         i = 0
         while True:
-            request_id = str(uuid.uuid4())
-            attempted.add(request_id)
             payer, payee = accounts[worker % ACCOUNTS], accounts[(worker + 1) % ACCOUNTS]
-            try:
-                response = await client.payments.SubmitPayment(
-                    payments_pb2.SubmitPaymentRequest(
-                        payer=payer, payee=payee, token="USDC", amount=str(1000 + i), request_id=request_id
-                    )
+            requests = [
+                payments_pb2.SubmitPaymentRequest(
+                    payer=payer, payee=payee, token="USDC", amount=str(1000 + i + k), request_id=str(uuid.uuid4())
                 )
+                for k in range(size)
+            ]
+            attempted.update(r.request_id for r in requests)
+            try:
+                if size == 1:
+                    payments = [(await client.payments.SubmitPayment(requests[0])).payment]
+                else:
+                    response = await client.payments.SubmitPayments(
+                        payments_pb2.SubmitPaymentsRequest(requests=requests)
+                    )
+                    assert all(r.WhichOneof("result") == "payment" for r in response.results)
+                    payments = [r.payment for r in response.results]
             except (Unavailable, DeadlineExceeded):
                 return  # the server is gone
-            acknowledged[request_id] = response.payment.name
-            if len(acknowledged) >= 300:
+            for payment in payments:
+                acknowledged[payment.request_id] = payment.name
+            if len(acknowledged) >= 3000:
                 enough.set()
-            i += 1
+            i += size
 
     await _kill_during(process, ready, submit_forever, enough)
-    assert len(acknowledged) >= 300
+    assert len(acknowledged) >= 3000
     # The ledger writer process saw its pipe close and ended with the server.
     await _gone(int(ready["writer_pid"]))  # type: ignore[call-overload]
 
