@@ -129,7 +129,7 @@ class EngineConfig:
     max_inflight: int = 2
     # Commands that must be waiting for a group to start while an earlier one commits. Fewer wait for the
     # commits instead and gather into one larger group: pipelining a trickle of unary calls made many small
-    # groups, whose per-group costs cost more than the overlap won (decision 0004), while bulk calls,
+    # groups, whose per-group costs outweighed what the overlap won (decision 0004), while bulk calls,
     # which arrive a hundred commands at a time, gain from it.
     pipeline_min_commands: int = 100
     # Commit in a writer process of its own (beside the event loop, not sharing its GIL), or on a thread.
