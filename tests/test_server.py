@@ -137,8 +137,8 @@ async def test_a_sqlite_library_too_old_for_the_ledger_stops_the_start(
     start_server: StartServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # An older library cannot be installed beside this one; the version it reports is what the check reads.
-    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 31, 1))
-    with pytest.raises(StartupError, match=r"needs SQLite 3\.33\.0 or newer; this Python uses SQLite 3\.31\.1"):
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 22, 0))
+    with pytest.raises(StartupError, match=r"needs SQLite 3\.24\.0 or newer; this Python uses SQLite 3\.22\.0"):
         await start_server(data_dir=tmp_path / "old")
     assert not (tmp_path / "old").exists()  # nothing created
 

@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
-SQLITE_MIN_VERSION = (3, 33, 0)
-"""The oldest SQLite library the ledger runs on: a group's changed payments are one ``UPDATE ... FROM``."""
+SQLITE_MIN_VERSION = (3, 24, 0)
+"""The oldest SQLite library the ledger runs on: accounts, volumes and batches are upserts
+(``INSERT ... ON CONFLICT DO UPDATE``)."""
 
 
 class StorageError(Exception):

@@ -221,23 +221,24 @@ _INSERTS: dict[str, tuple[sa.Table, tuple[str, ...] | None]] = {
     "batches": (batches, ("batch_id",)),
     "chain_state": (chain_state, ("key",)),
 }
-# The tables a group updates by key, many rows in one statement (an UPDATE per row cost one round through
-# the driver each): changed payments, by their state columns only (a whole-row upsert bound three times the
-# values and rewrote the payer, payee and task index entries for nothing).
+# The tables a group updates by key: changed payments, by their state columns only (a whole-row upsert bound
+# three times the values and rewrote the payer, payee and task index entries for nothing).
 _UPDATES: dict[str, tuple[sa.Table, str]] = {"payments_changed": (payments, "payment_id")}
-# SQLite allows 32766 parameters a statement; stay well below it.
-_MAX_PARAMETERS = 16_000
 
 
-def _multi_row_statement(dialect: str, name: str, keys: tuple[str, ...], count: int) -> Any:
+def _row_statement(dialect: str, name: str, keys: tuple[str, ...]) -> Any:
+    """The statement that writes one row with these keys; its parameters are named ``r_{key}``."""
     if name in _UPDATES:
-        return _multi_row_update(name, keys, count)
+        table, key = _UPDATES[name]
+        return (
+            sa.update(table)
+            .where(table.c[key] == sa.bindparam(f"r_{key}", type_=table.c[key].type))
+            .values({k: sa.bindparam(f"r_{k}", type_=table.c[k].type) for k in keys if k != key})
+        )
     table, conflict = _INSERTS[name]
     # ON CONFLICT ... DO UPDATE exists in both databases, under each dialect's own construct.
     insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-    insert = insert.values(
-        [{key: sa.bindparam(f"r{i}_{key}", type_=table.c[key].type) for key in keys} for i in range(count)]
-    )
+    insert = insert.values({key: sa.bindparam(f"r_{key}", type_=table.c[key].type) for key in keys})
     if conflict is not None:
         insert = insert.on_conflict_do_update(
             index_elements=list(conflict),
@@ -246,39 +247,25 @@ def _multi_row_statement(dialect: str, name: str, keys: tuple[str, ...], count: 
     return insert
 
 
-def _multi_row_update(name: str, keys: tuple[str, ...], count: int) -> Any:
-    """``WITH v(key, ...) AS (VALUES (...), ...) UPDATE table SET ... FROM v WHERE table.key = v.key``: the
-    form both SQLite (3.33+) and PostgreSQL take."""
-    table, key = _UPDATES[name]
-    rows = sa.values(*[sa.column(k, table.c[k].type) for k in keys], name="v").data(
-        [tuple(sa.bindparam(f"r{i}_{k}", type_=table.c[k].type) for k in keys) for i in range(count)]
-    )
-    v = rows.cte("v")
-    return sa.update(table).values({k: v.c[k] for k in keys if k != key}).where(table.c[key] == v.c[key])
-
-
 @dataclass(frozen=True)
 class _Compiled:
     sql: str
-    # The key of each parameter of one row, in the statement's order; rows follow one another.
+    # A row's parameters, in the statement's order.
     row: Callable[[dict[str, Any]], tuple[Any, ...]]
 
 
-_compiled: dict[tuple[str, str, tuple[str, ...], int], _Compiled] = {}
+_compiled: dict[tuple[str, str, tuple[str, ...]], _Compiled] = {}
 
 
-def _statement(connection: Connection, name: str, keys: tuple[str, ...], count: int) -> _Compiled:
-    """The statement for ``count`` rows with these keys, compiled once per dialect."""
+def _statement(connection: Connection, name: str, keys: tuple[str, ...]) -> _Compiled:
+    """The statement for a row with these keys, compiled once per dialect."""
     dialect = connection.dialect
-    cache_key = (dialect.name, name, keys, count)
+    cache_key = (dialect.name, name, keys)
     found = _compiled.get(cache_key)
     if found is None:
-        statement = _multi_row_statement(dialect.name, name, keys, count)
-        compiled = statement.compile(dialect=dialect)
-        parameters = list(compiled.positiontup or ())
-        # Statements name their parameters r{row}_{key}; the first row's order is every row's.
-        order = [p.partition("_")[2] for p in parameters if p.startswith("r0_")]
-        assert len(parameters) == len(order) * count
+        compiled = _row_statement(dialect.name, name, keys).compile(dialect=dialect)
+        order = [p.removeprefix("r_") for p in compiled.positiontup or ()]
+        assert sorted(order) == sorted(keys)
         getter = operator.itemgetter(*order)
         # itemgetter of one key returns the value itself, not a 1-tuple.
         found = _compiled[cache_key] = _Compiled(
@@ -288,13 +275,12 @@ def _statement(connection: Connection, name: str, keys: tuple[str, ...], count: 
 
 
 def _execute_many(connection: Connection, name: str, rows: list[dict[str, Any]]) -> None:
-    """Write rows with as few statements as possible, straight through the driver.
+    """Write rows with one statement run for each, straight through the driver's ``executemany``.
 
-    Inserts go as multi-row ``INSERT ... VALUES (...), (...)``: one statement for many rows costs one
-    round through the driver, where an executemany costs one per row (each releasing and re-taking the
-    GIL, which the event loop holds most of the time). Chunks are powers of two, so a handful of compiled
-    statements serve every group size. The statements are SQLAlchemy's, compiled for the connection's
-    dialect; amounts still go through :class:`Amount`'s conversion.
+    The statement is SQLAlchemy's, compiled once for the connection's dialect; amounts still go through
+    :class:`Amount`'s conversion. In the writer process, ``executemany`` of the one-row statement measured
+    about a quarter less time than multi-row ``INSERT ... VALUES (...), (...)`` in chunks, which had been
+    chosen when the writer was a thread taking turns with the event loop for the GIL (decision 0004).
     """
     keys = tuple(rows[0])
     dialect = connection.dialect
@@ -303,17 +289,8 @@ def _execute_many(connection: Connection, name: str, rows: list[dict[str, Any]])
     for row in rows:
         for column in amounts:
             row[column] = convert(row[column], dialect)
-    most = max(1, min(512, _MAX_PARAMETERS // len(keys)))
-    start = 0
-    while start < len(rows):
-        remaining = len(rows) - start
-        count = min(most, 1 << (remaining.bit_length() - 1))
-        statement = _statement(connection, name, keys, count)
-        parameters: list[Any] = []
-        for row in rows[start : start + count]:
-            parameters.extend(statement.row(row))
-        connection.exec_driver_sql(statement.sql, tuple(parameters))
-        start += count
+    statement = _statement(connection, name, keys)
+    connection.exec_driver_sql(statement.sql, [statement.row(row) for row in rows])
 
 
 @functools.cache
