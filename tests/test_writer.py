@@ -18,11 +18,16 @@ from agentflow_payments import Reason, Unavailable
 from agentflow_payments.v1 import payments_pb2
 from agentflow_server.app import LEDGER_HEALTH
 from agentflow_server.ledger import Database, StorageError
-from agentflow_server.ledger.writer import GroupWriter
+from agentflow_server.ledger.writer import PROCESS_NAME, GroupWriter
 
 from .conftest import ALICE, StartServer
 from .test_crash import _gone
 from .test_payments import USDC, _funder, pay
+
+
+def _command_name(pid: int) -> str:
+    """What ``ps -o comm``, top and pgrep show for process ``pid``."""
+    return Path(f"/proc/{pid}/comm").read_text().strip()
 
 
 def _ledger_adds_up(path: Path) -> None:
@@ -43,6 +48,7 @@ async def test_the_writer_is_a_process_of_its_own_and_ends_with_the_server(start
     pid = server.service.engine.writer_pid
     assert pid is not None
     assert pid != os.getpid()
+    assert _command_name(pid) == PROCESS_NAME
     await _funder(server)(ALICE, 100 * USDC)
     async with server.client() as client:
         await client.payments.SubmitPayment(pay())
