@@ -305,6 +305,9 @@ async def test_bulk_items_fail_alone_and_earn_the_batch_discount(admin: AsyncCli
     assert (invalid.code, invalid.reason) == (grpc.StatusCode.INVALID_ARGUMENT.value[0], "INVALID_FIELD")
     assert [v.field for v in invalid.field_violations] == ["requests[3].amount"]
     assert (poor.code, poor.reason) == (grpc.StatusCode.FAILED_PRECONDITION.value[0], "INSUFFICIENT_BALANCE")
+    # One group, one time: the ids still differ, and sort in the order the payments were accepted.
+    names = [r.payment.name for r in response.results if r.WhichOneof("result") == "payment"]
+    assert names == sorted(set(names))
     fee = response.results[0].payment.fee
     # Ten payments in one call: 10% off 30_000.
     assert (fee.batch_discount_bps, fee.total) == (1000, "27000")

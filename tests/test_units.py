@@ -182,6 +182,19 @@ def test_timestamps_match_protobufs_own_conversion(time_us: int) -> None:
     assert timestamp(time_us) == expected
 
 
+def test_ids_differ_and_sort_in_creation_order_within_a_microsecond_and_when_the_clock_goes_back() -> None:
+    from agentflow_server.engine.ids import IdMint
+
+    mint = IdMint()
+    ids = [mint.new(1_764_000_000_000_000) for _ in range(100_000)]
+    ids += [mint.new(1_763_000_000_000_000) for _ in range(10)]  # the wall clock stepped back
+    ids += [mint.new(1_764_000_000_000_007)]
+    assert ids == sorted(set(ids))
+    assert all(len(i) == 22 and int(i, 16) >= 0 for i in ids)
+    assert ids[0][:14] == f"{1_764_000_000_000_000:014x}"
+    assert ids[-1][:14] == f"{1_764_000_000_000_007:014x}"
+
+
 def test_a_payment_serialized_in_two_parts_reads_as_the_whole_payment_in_each_of_its_states() -> None:
     import dataclasses
 

@@ -16,7 +16,6 @@ import dataclasses
 import datetime
 import functools
 import logging
-import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
@@ -82,6 +81,7 @@ from .fees import (
     fee_share,
     volume_discount_bps,
 )
+from .ids import IdMint
 from .model import (
     CHAIN,
     FEES,
@@ -186,6 +186,7 @@ class Engine:
     ) -> None:
         self._database = database
         self.clock = clock or Clock()
+        self._ids = IdMint()
         # The deadlines of active escrows, for the expiry timer (filled at start and by each new escrow).
         self.deadlines = Deadlines()
         self.tokens = tokens
@@ -753,7 +754,7 @@ class Engine:
         balance.available -= debit
         balance.reserved += debit
         payment = Payment(
-            payment_id=_new_id(now_us),
+            payment_id=self._ids.new(now_us),
             payer=command.payer,
             payee=command.payee,
             token=symbol,
@@ -813,7 +814,7 @@ class Engine:
         balance.available -= command.amount
         balance.reserved += command.amount
         withdrawal = Payment(
-            payment_id=_new_id(now_us),
+            payment_id=self._ids.new(now_us),
             payer=command.address,
             payee=command.destination,
             token=symbol,
@@ -1068,7 +1069,7 @@ class Engine:
         balance.available -= debit
         balance.escrowed += debit
         escrow = Escrow(
-            escrow_id=_new_id(now_us),
+            escrow_id=self._ids.new(now_us),
             task_id=command.task_id,
             payer=command.payer,
             payee=command.payee,
@@ -1222,7 +1223,7 @@ class Engine:
         balance.escrowed -= debit
         balance.reserved += debit
         payment = Payment(
-            payment_id=_new_id(now_us),
+            payment_id=self._ids.new(now_us),
             payer=escrow.payer,
             payee=escrow.payee,
             token=symbol,
@@ -1512,11 +1513,6 @@ def _remember(group: _Group, key: tuple[str, str], request_hash: str, resource: 
             "create_time_us": write.time_us,
         }
     )
-
-
-def _new_id(now_us: int) -> str:
-    """A new payment or escrow id: time-ordered (its first 14 hex digits are the time), then random."""
-    return f"{now_us:014x}{secrets.token_hex(4)}"
 
 
 def _payload(payment: Payment) -> bytes:
