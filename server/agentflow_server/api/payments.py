@@ -16,7 +16,7 @@ from ..errors import ApiError, payment_not_found
 from ..events import EventFilter, EventHub
 from ..ledger.batches import BatchReader
 from ..ledger.payments import PaymentFilter, PaymentReader
-from ..wire import batch_message, fee_message, payment_message
+from ..wire import batch_message, fee_message, payment_message, set_payment
 from . import pagination
 from .context import Context
 from .validation import MAX_MEMO, MAX_REASON, MAX_TASK_ID, Fields, resource_id
@@ -100,7 +100,9 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
         command = self._command(request, current_principal(), "", 1)
         payment = await self._engine.execute(command)
         assert isinstance(payment, Payment)
-        return payments_pb2.SubmitPaymentResponse(payment=payment_message(payment))
+        response = payments_pb2.SubmitPaymentResponse()
+        set_payment(response.payment, payment)
+        return response
 
     async def SubmitPayments(
         self, request: payments_pb2.SubmitPaymentsRequest, context: Context
@@ -111,9 +113,8 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
             fields.add("requests", f"must hold 1 to {self._max_bulk_size} payments, not {count}")
             fields.check()
         principal = current_principal()
-        results: list[payments_pb2.SubmitPaymentResult] = [
-            payments_pb2.SubmitPaymentResult(index=i) for i in range(count)
-        ]
+        response = payments_pb2.SubmitPaymentsResponse()
+        results = [response.results.add(index=i) for i in range(count)]
         commands: list[SubmitPayment] = []
         positions: list[int] = []
         for index, item in enumerate(request.requests):
@@ -128,8 +129,8 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
                     results[index].error.CopyFrom(item_error(outcome))
                 else:
                     assert isinstance(outcome, Payment)
-                    results[index].payment.CopyFrom(payment_message(outcome))
-        return payments_pb2.SubmitPaymentsResponse(results=results)
+                    set_payment(results[index].payment, outcome)
+        return response
 
     async def GetPayment(
         self, request: payments_pb2.GetPaymentRequest, context: Context
