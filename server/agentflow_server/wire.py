@@ -13,7 +13,6 @@ from .engine.fees import Fee
 from .engine.model import Batch, Deposit, Escrow, Payment, PaymentStatus
 from .ledger.events import StoredEvent
 
-
 # Messages on the acceptance path are filled field by field: with upb, keyword arguments cost about three
 # times as much (a message argument is copied in, and even an empty map argument costs 2-3 µs).
 
