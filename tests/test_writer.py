@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import sqlite3
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -135,6 +136,39 @@ async def test_a_new_writer_waits_until_the_old_one_is_gone(tmp_path: Path) -> N
     finally:
         await new.close()
         await database.close()
+
+
+_EMBEDDING_SCRIPT = """
+import asyncio, os, sys
+with open(sys.argv[2], "a") as imports:
+    imports.write(f"{__name__}\\n")
+
+async def main():
+    from agentflow_server.ledger import Database
+    from agentflow_server.ledger.writer import GroupWriter
+
+    database = await Database.open(f"sqlite+aiosqlite:///{sys.argv[1]}")
+    writer = GroupWriter(database.url, "writer", in_process=True)
+    await writer.start()
+    assert writer.pid not in (None, os.getpid())
+    await writer.close()
+    await database.close()
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+async def test_the_writer_does_not_import_the_main_script_again(tmp_path: Path) -> None:
+    """A script that embeds the server is imported once: the writer process does not run it again as
+    ``__mp_main__`` (the bench's took seconds, and left the whole service in the writer's memory)."""
+    script, imports = tmp_path / "embedding.py", tmp_path / "imports.txt"
+    script.write_text(_EMBEDDING_SCRIPT)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), str(tmp_path / "ledger.db"), str(imports)
+    )
+    assert await asyncio.wait_for(process.wait(), 60) == 0
+    assert imports.read_text().split() == ["__main__"]
 
 
 async def test_a_writer_that_cannot_open_the_ledger_fails_the_start(tmp_path: Path) -> None:

@@ -35,7 +35,8 @@ import pickle
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterable
+import types
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy.engine import URL, Connection, make_url
@@ -123,6 +124,24 @@ class GroupWriter:
             await self._thread.close()
 
 
+@contextlib.contextmanager
+def _main_module_not_inherited() -> Iterator[None]:
+    """Start a process without making it import the server's main script first.
+
+    Before it runs its target, a fork server's child imports the parent's main script again (as
+    ``__mp_main__``), in case the target or its arguments come from there. The writer's come from this
+    module, and the main script is whatever embeds the server: the bench's took 2.4 s of CPU to import again
+    and left the whole service in the writer's memory, pytest's is pytest. multiprocessing imports no main
+    module that has neither a spec nor a file, and reads it only while it hands the child its start-up data.
+    """
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
 def _no_autocheckpoint(connection: Connection) -> None:
     # Checkpoints copy the WAL back into the database file; done by the committing connection they stall a
     # commit for tens of milliseconds now and then. The engine's checkpointer does them instead.
@@ -175,7 +194,8 @@ class _WriterProcess:
             args=(self._url.render_as_string(hide_password=False), lock, commands, answers),
             name=self._name,
         )
-        child.start()
+        with _main_module_not_inherited():
+            child.start()
         commands.close()
         answers.close()
         self._to_child, self._child = to_child, child
