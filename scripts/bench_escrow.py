@@ -80,7 +80,7 @@ async def measure_escrow(ready: dict[str, Any], count: int = 10_000, spread: flo
             await asyncio.gather(*tasks)
             return latencies
 
-        idle = await probe(3.0)
+        idle = await probe(min(3.0, spread))
 
         # Creation at 64 in flight takes a while: the first deadline leaves room for it.
         rng = random.Random(7)
