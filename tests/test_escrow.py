@@ -119,9 +119,9 @@ async def test_an_escrow_holds_amount_and_fee_from_available(
     assert await get(admin, escrow.name) == escrow
     assert events(server, escrow.name) == ["escrow.created"]
     entries = await admin.accounts.ListLedgerEntries(accounts_pb2.ListLedgerEntriesRequest(address=ALICE))
-    assert [(e.kind, e.bucket, e.delta) for e in entries.entries][1:] == [
-        (accounts_pb2.LEDGER_ENTRY_KIND_ESCROW_HOLD, accounts_pb2.LEDGER_BUCKET_AVAILABLE, "-100300000"),
+    assert [(e.kind, e.bucket, e.delta) for e in entries.entries][:2] == [
         (accounts_pb2.LEDGER_ENTRY_KIND_ESCROW_HOLD, accounts_pb2.LEDGER_BUCKET_ESCROWED, "100300000"),
+        (accounts_pb2.LEDGER_ENTRY_KIND_ESCROW_HOLD, accounts_pb2.LEDGER_BUCKET_AVAILABLE, "-100300000"),
     ]
 
 

@@ -87,12 +87,13 @@ async def test_a_payment_is_priced_reserved_and_queued(server: RunningServer, ad
     got = await admin.payments.GetPayment(payments_pb2.GetPaymentRequest(name=payment.name))
     assert got.payment == payment
     entries = await admin.accounts.ListLedgerEntries(accounts_pb2.ListLedgerEntriesRequest(address=ALICE))
+    # Newest first.
     assert [(e.kind, e.bucket, e.delta) for e in entries.entries] == [
-        (accounts_pb2.LEDGER_ENTRY_KIND_DEPOSIT, accounts_pb2.LEDGER_BUCKET_AVAILABLE, "100000000"),
-        (accounts_pb2.LEDGER_ENTRY_KIND_PAYMENT_RESERVE, accounts_pb2.LEDGER_BUCKET_AVAILABLE, "-10030000"),
         (accounts_pb2.LEDGER_ENTRY_KIND_PAYMENT_RESERVE, accounts_pb2.LEDGER_BUCKET_RESERVED, "10030000"),
+        (accounts_pb2.LEDGER_ENTRY_KIND_PAYMENT_RESERVE, accounts_pb2.LEDGER_BUCKET_AVAILABLE, "-10030000"),
+        (accounts_pb2.LEDGER_ENTRY_KIND_DEPOSIT, accounts_pb2.LEDGER_BUCKET_AVAILABLE, "100000000"),
     ]
-    assert entries.entries[1].reference == payment.name
+    assert entries.entries[0].reference == payment.name
 
 
 async def test_small_payments_pay_the_minimum_fee(admin: AsyncClient, fund: Fund) -> None:
@@ -400,12 +401,14 @@ async def test_ledger_entries_page_through_the_journal(admin: AsyncClient, fund:
             break
     # A deposit, four reservations and a release, two sides each but the deposit's.
     assert len(seen) == 1 + 4 * 2 + 2
-    assert [e.entry_id for e in seen] == sorted({e.entry_id for e in seen})
+    # Newest first, each once, across pages that end inside a transfer's two lines too.
+    assert [e.entry_id for e in seen] == sorted({e.entry_id for e in seen}, reverse=True)
     assert sum(int(e.delta) for e in seen) == 1000 * USDC
     by_transfer: dict[str, int] = {}
-    for entry in seen[1:]:
+    for entry in seen[:-1]:
         by_transfer[entry.transfer_id] = by_transfer.get(entry.transfer_id, 0) + int(entry.delta)
     assert set(by_transfer.values()) == {0}  # within one address, each transfer's lines cancel out
-    assert seen[-1].kind == accounts_pb2.LEDGER_ENTRY_KIND_PAYMENT_RELEASE
+    assert seen[0].kind == accounts_pb2.LEDGER_ENTRY_KIND_PAYMENT_RELEASE
+    assert seen[-1].kind == accounts_pb2.LEDGER_ENTRY_KIND_DEPOSIT
     with pytest.raises(InvalidArgument):
         await admin.accounts.ListLedgerEntries(accounts_pb2.ListLedgerEntriesRequest(address="nope"))

@@ -90,7 +90,7 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
         address = self._readable_address(fields, request.address)
         size = pagination.page_size(request.page_size)
         entries = await self._reader.entries(
-            address, token.symbol if token else None, after=cursor[0] if cursor else -1, limit=size
+            address, token.symbol if token else None, before=cursor[0] if cursor else None, limit=size
         )
         response = accounts_pb2.ListLedgerEntriesResponse(
             entries=[

@@ -38,30 +38,31 @@ class AccountReader:
             result = await connection.execute(sa.select(accounts).where(accounts.c.address == address))
             return {row.token: Balance(row.available, row.reserved, row.escrowed) for row in result}
 
-    async def entries(self, address: str, token: str | None, *, after: int, limit: int) -> list[Entry]:
-        """The address's journal lines oldest first, up to ``limit`` of them after the entry id ``after``
-        (``limit + 1`` when more follow, so the caller knows).
+    async def entries(self, address: str, token: str | None, *, before: int | None, limit: int) -> list[Entry]:
+        """The address's journal lines newest first, up to ``limit`` of them before the entry id ``before``
+        (from the newest when ``None``; ``limit + 1`` when more follow, so the caller knows).
 
         Entry ids are ``transfer_id * 2`` for the debit side and ``+ 1`` for the credit side, so both
         sides of a transfer between two buckets of one address are listed, in order.
         """
         c = transfers.c
-        query = sa.select(transfers).where(
-            sa.or_(c.debit_address == address, c.credit_address == address), c.transfer_id >= after // 2
-        )
+        query = sa.select(transfers).where(sa.or_(c.debit_address == address, c.credit_address == address))
+        if before is not None:
+            query = query.where(c.transfer_id <= before // 2)
         if token is not None:
             query = query.where(c.token == token)
         # Each transfer gives this address one or two lines (the first maybe none, being half read):
         # limit + 2 transfers always give limit + 1 lines when that many exist.
-        query = query.order_by(c.transfer_id).limit(limit + 2)
+        query = query.order_by(c.transfer_id.desc()).limit(limit + 2)
         lines: list[Entry] = []
         async with self._database.connect() as connection:
             for row in await connection.execute(query):
-                for side, (owner, bucket, sign) in enumerate(
-                    ((row.debit_address, row.debit_bucket, -1), (row.credit_address, row.credit_bucket, 1))
+                for side, (owner, bucket, sign) in (
+                    (1, (row.credit_address, row.credit_bucket, 1)),
+                    (0, (row.debit_address, row.debit_bucket, -1)),
                 ):
                     entry_id = row.transfer_id * 2 + side
-                    if owner != address or entry_id <= after:
+                    if owner != address or (before is not None and entry_id >= before):
                         continue
                     lines.append(
                         Entry(
