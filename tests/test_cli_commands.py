@@ -482,6 +482,61 @@ async def test_balance_and_tokens(server: RunningServer, fund: Fund) -> None:
     assert "address: must be a 0x-prefixed" in bad.err
 
 
+async def test_quote_shows_the_fee_acceptance_then_charges(server: RunningServer, fund: Fund) -> None:
+    await fund(ALICE, 1000 * USDC)
+    env = environment(server)
+    quoted = await agentflow("quote", ALICE, "10", "USDC", "--decimal", "--json", env=env)
+    assert quoted.code == 0, quoted.err
+    paid = await agentflow("pay", ALICE, BOB, "10", "USDC", "--decimal", "--json", env=env)
+    assert paid.json()["fee"] == quoted.json()
+    assert quoted.json()["total"] == "30000"  # 0.3% of 10 USDC
+
+    shown = await agentflow("quote", ALICE, "10000000", "USDC", "--priority", "urgent", env=env)
+    assert shown.code == 0, shown.err
+    lines = {line.split()[0]: line.split()[1:] for line in shown.out.splitlines()}
+    assert lines["fee"] == ["0.03", "USDC", "(30000)"]
+    assert lines["base"][:4] == ["0.03", "USDC", "(30000):", "30"]
+    assert (lines["platform"], lines["network"], lines["agent"], lines["staking"]) == (
+        ["0.012", "USDC"],
+        ["0.009", "USDC"],
+        ["0.006", "USDC"],
+        ["0.003", "USDC"],
+    )
+
+    bad = await agentflow("quote", "0x123", "1", "BTC", env=env)
+    assert bad.code == 2
+    assert "payer (PAYER): must be a 0x-prefixed 20-byte hex address" in bad.err
+    assert "token (TOKEN): 'BTC' is not an accepted token" in bad.err
+    assert (await agentflow("quote", ALICE, "1.5", "USDC", env=env)).code == 2  # whole tokens need --decimal
+
+
+async def test_ledger_lists_an_addresses_journal_newest_first_in_pages(server: RunningServer, fund: Fund) -> None:
+    await fund(ALICE, 1000 * USDC)
+    env = environment(server)
+    assert (await agentflow("pay", ALICE, BOB, "10", "USDC", "--decimal", env=env)).code == 0
+    listed = await agentflow("ledger", ALICE, "--json", env=env)
+    assert listed.code == 0, listed.err
+    entries = listed.json()["entries"]
+    assert [(e["kind"], e["bucket"], e["delta"]) for e in entries] == [
+        ("LEDGER_ENTRY_KIND_PAYMENT_RESERVE", "LEDGER_BUCKET_RESERVED", "10030000"),
+        ("LEDGER_ENTRY_KIND_PAYMENT_RESERVE", "LEDGER_BUCKET_AVAILABLE", "-10030000"),
+        ("LEDGER_ENTRY_KIND_DEPOSIT", "LEDGER_BUCKET_AVAILABLE", str(1000 * USDC)),
+    ]
+
+    shown = await agentflow("ledger", ALICE, "--page-size", "2", env=env)
+    assert shown.code == 0, shown.err
+    rows = [line.split() for line in shown.out.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert [row[3:8] for row in rows] == [
+        ["payment", "reserve", "reserved", "+10.03", "USDC"],
+        ["payment", "reserve", "available", "-10.03", "USDC"],
+    ]
+    token = re.search(r"more: --page-token (\S+)", shown.err)
+    assert token is not None, shown.err
+    rest = await agentflow("ledger", ALICE, "--page-token", token.group(1), "--json", env=env)
+    assert [e["kind"] for e in rest.json()["entries"]] == ["LEDGER_ENTRY_KIND_DEPOSIT"]
+    assert "no ledger entries" in (await agentflow("ledger", BOB, "--token", "ETH", env=env)).err
+
+
 # -- deposits on anvil -------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""``agentflow balance``, ``tokens``, ``withdraw`` and ``deposit`` (whose chain side is :mod:`.deposit`)."""
+"""``agentflow balance``, ``ledger``, ``tokens``, ``withdraw`` and ``deposit`` (its chain side: :mod:`.deposit`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from agentflow_payments.v1 import accounts_pb2
 from .connection import Context
 from .errors import ExitCode
 from .output import Tokens, fields, short, status, table, timestamp
-from .payments import add_amount_option, add_wait_timeout
+from .payments import add_amount_option, add_paging, add_wait_timeout, page_note
 
 
 def register(commands: Any, parent: argparse.ArgumentParser) -> None:
@@ -22,6 +22,19 @@ def register(commands: Any, parent: argparse.ArgumentParser) -> None:
         "--token", dest="tokens", action="append", default=[], metavar="TOKEN", help="only this token (repeat)"
     )
     balance.set_defaults(run=run_balance)
+
+    ledger = commands.add_parser(
+        "ledger",
+        parents=[parent],
+        help="list an address's journal entries, newest first",
+        description="The double-entry journal lines of ADDRESS (ListLedgerEntries): each moves money into or "
+        "out of one of its buckets (available, reserved, escrowed), and names the payment, escrow, deposit or "
+        "withdrawal that caused it.",
+    )
+    ledger.add_argument("address", metavar="ADDRESS")
+    ledger.add_argument("--token", default="", help="only this token")
+    add_paging(ledger)
+    ledger.set_defaults(run=run_ledger)
 
     tokens = commands.add_parser("tokens", parents=[parent], help="list the accepted tokens and their decimals")
     tokens.set_defaults(run=run_tokens)
@@ -89,6 +102,45 @@ async def run_balance(ctx: Context) -> int:
         ctx.out.show(Text(balances[0].address, style="bold"), balances_table(balances, await ctx.tokens()))
     else:
         ctx.out.note("no balances")
+    return ExitCode.OK
+
+
+def _delta(delta: str, token: str, tokens: Tokens) -> Text:
+    sign, digits = ("-", delta[1:]) if delta.startswith("-") else ("+", delta)
+    return Text(f"{sign}{tokens.amount(digits, token)}", style="red" if sign == "-" else "green")
+
+
+def entries_table(entries: list[accounts_pb2.LedgerEntry], tokens: Tokens) -> Any:
+    return table(
+        ["entry", "time", "kind", "bucket", "delta", "reference"],
+        [
+            [
+                str(e.entry_id),
+                timestamp(e.create_time),
+                short(accounts_pb2.LedgerEntryKind, e.kind).lower().replace("_", " "),
+                short(accounts_pb2.LedgerBucket, e.bucket).lower(),
+                _delta(e.delta, e.token, tokens),
+                e.reference,
+            ]
+            for e in entries
+        ],
+    )
+
+
+async def run_ledger(ctx: Context) -> int:
+    a = ctx.args
+    page = await ctx.client.list_ledger_entries(
+        a.address, token=a.token, page_size=a.page_size, page_token=a.page_token
+    )
+    if ctx.out.json_mode:
+        response = accounts_pb2.ListLedgerEntriesResponse(entries=page.items, next_page_token=page.next_page_token)
+        ctx.out.document(response)
+        return ExitCode.OK
+    if page.items:
+        ctx.out.show(Text(page.items[0].address, style="bold"), entries_table(page.items, await ctx.tokens()))
+    else:
+        ctx.out.note("no ledger entries")
+    page_note(ctx, page.next_page_token)
     return ExitCode.OK
 
 

@@ -1,4 +1,4 @@
-"""``agentflow pay`` and ``agentflow payments list|get|watch|cancel``."""
+"""``agentflow pay``, ``agentflow quote`` and ``agentflow payments list|get|watch|cancel``."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ PAYMENT_FIELDS = {
 }
 """Request fields and the arguments that set them, so an error names what to change."""
 
+QUOTE_FIELDS = {"payer": "PAYER", "amount": "AMOUNT", "token": "TOKEN", "priority": "--priority"}
+
 
 def register(commands: Any, parent: argparse.ArgumentParser) -> None:
     pay = commands.add_parser(
@@ -50,6 +52,23 @@ def register(commands: Any, parent: argparse.ArgumentParser) -> None:
     pay.add_argument("--wait", action="store_true", help="follow the payment until it is COMPLETED (or fails)")
     add_wait_timeout(pay)
     pay.set_defaults(run=run_pay, field_options=PAYMENT_FIELDS)
+
+    quote = commands.add_parser(
+        "quote",
+        parents=[parent],
+        help="show the fee a payment of AMOUNT of TOKEN from PAYER would be charged now",
+        description="Ask the server (QuoteFee) for the fee it would fix if PAYER paid AMOUNT of TOKEN now: the "
+        "same breakdown acceptance would charge, with its rate, adjustments and split. A fee moves with the "
+        "queue's depth and the payer's volume, so a payment submitted later may be charged another.",
+        epilog="AMOUNT is in base units (1500000 is 1.5 USDC) unless --decimal says it is in whole tokens. A "
+        "payer key may ask only for its own addresses.",
+    )
+    quote.add_argument("payer", metavar="PAYER", help="the address that would pay (its volume sets the discount)")
+    quote.add_argument("amount", metavar="AMOUNT", help="base units, or whole tokens with --decimal")
+    quote.add_argument("token", metavar="TOKEN", help="ETH, USDC, USDT, DAI, WETH... (agentflow tokens)")
+    add_amount_option(quote)
+    quote.add_argument("--priority", choices=choices(common_pb2.Priority), help="settlement priority (default normal)")
+    quote.set_defaults(run=run_quote, field_options=QUOTE_FIELDS)
 
     group = commands.add_parser("payments", help="list, show, follow and cancel payments")
     sub = group.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -150,6 +169,21 @@ def render_payment(payment: payments_pb2.Payment, tokens: Tokens) -> Any:
     )
 
 
+def render_fee(fee: common_pb2.FeeBreakdown, tokens: Tokens) -> Any:
+    token = fee.token
+    return fields(
+        ("fee", Text(tokens.amount(fee.total, token, base=True), style="bold")),
+        ("base", f"{tokens.amount(fee.base, token, base=True)}: {fee.rate_bps} bps, at least the token's minimum"),
+        ("congestion", f"{fee.congestion_adjustment_bps:+d} bps"),
+        ("volume discount", f"{fee.volume_discount_bps} bps"),
+        ("batch discount", f"{fee.batch_discount_bps} bps"),
+        ("platform", tokens.amount(fee.platform, token)),
+        ("network", tokens.amount(fee.network, token)),
+        ("agent", tokens.amount(fee.agent, token)),
+        ("staking", tokens.amount(fee.staking, token)),
+    )
+
+
 def payments_table(payments: list[payments_pb2.Payment], tokens: Tokens) -> Any:
     return table(
         ["name", "status", "amount", "payer", "payee", "task", "created"],
@@ -217,6 +251,18 @@ async def run_pay(ctx: Context) -> int:
         ctx.out.show(accepted)
     final = await follow(ctx, payment.name, a.wait_timeout)
     return finish(ctx, final)
+
+
+async def run_quote(ctx: Context) -> int:
+    a = ctx.args
+    amount = await ctx.amount(a.amount, a.token, a.decimal)
+    fee = await ctx.client.quote_fee(a.payer, a.token, amount, priority=a.priority)
+    if ctx.out.json_mode:
+        ctx.out.document(fee)
+    else:
+        ctx.out.show(render_fee(fee, await ctx.tokens()))
+        ctx.out.note("fixed when a payment is accepted; SubmitPayments of 10 or more earn a batch discount")
+    return ExitCode.OK
 
 
 async def run_list(ctx: Context) -> int:
