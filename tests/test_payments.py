@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import random
 import secrets
 import sqlite3
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -382,6 +384,59 @@ async def test_state_survives_a_restart(start_server: StartServer) -> None:
         cancelled = await client.payments.CancelPayment(payments_pb2.CancelPaymentRequest(name=kept.name))
         assert cancelled.payment.status == payments_pb2.PAYMENT_STATUS_CANCELLED
     assert len(second.service.engine.queues["USDC"]) == 1
+
+
+async def test_ledger_entries_of_any_mix_of_transfers_page_newest_first(tmp_path: Path) -> None:
+    """Transfers into, out of and within an address, in two tokens, interleaved with others': every page
+    size gives each of its lines once, newest first, as a naive reading of the whole journal does."""
+    from agentflow_server.ledger import Database
+    from agentflow_server.ledger.accounts import AccountReader
+    from agentflow_server.ledger.schema import transfers
+
+    database = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
+    rng = random.Random(5)
+    parties = [ALICE, BOB, CAROL]
+    rows = []
+    for transfer_id in range(1, 121):
+        debit, credit = rng.choice(parties), rng.choice(parties)
+        rows.append(
+            {
+                "transfer_id": transfer_id,
+                "kind": 2,
+                "token": rng.choice(["USDC", "DAI"]),
+                "debit_address": debit,
+                "debit_bucket": 1,
+                "credit_address": credit,
+                "credit_bucket": 1 if debit != credit else 2,
+                "amount": transfer_id,
+                "reference": f"r{transfer_id}",
+                "create_time_us": transfer_id,
+            }
+        )
+    async with database.transaction() as connection:
+        await connection.execute(transfers.insert(), rows)
+    reader = AccountReader(database)
+    try:
+        for token in (None, "DAI"):
+            expected = [
+                (row["transfer_id"] * 2 + side, sign * row["amount"])
+                for row in reversed(rows)
+                if token is None or row["token"] == token
+                for side, owner, sign in ((1, row["credit_address"], 1), (0, row["debit_address"], -1))
+                if owner == ALICE
+            ]
+            for size in (1, 2, 3, 7, 100):
+                seen: list[tuple[int, int]] = []
+                before = None
+                while True:
+                    page = await reader.entries(ALICE, token, before=before, limit=size)
+                    seen += [(e.entry_id, e.delta) for e in page[:size]]
+                    if len(page) <= size:
+                        break
+                    before = page[size - 1].entry_id
+                assert seen == expected, (token, size)
+    finally:
+        await database.close()
 
 
 async def test_ledger_entries_page_through_the_journal(admin: AsyncClient, fund: Fund) -> None:
