@@ -294,6 +294,38 @@ async def test_keys_act_only_for_their_addresses(
         assert list((await as_carol.payments.ListPayments(payments_pb2.ListPaymentsRequest())).payments) == []
 
 
+async def test_a_bound_key_pages_through_exactly_the_payments_naming_its_addresses(
+    server: RunningServer, admin: AsyncClient, fund: Fund, create_key: CreateKey
+) -> None:
+    """A key bound to addresses lists every payment that names one of them (payer or payee, both at once
+    too) and no other, newest first, at any page size."""
+    dave = "0x" + "d" * 40
+    for address in (ALICE, BOB, CAROL):
+        await fund(address, 100 * USDC)
+    rng = random.Random(3)
+    for _ in range(30):
+        payer, payee = rng.sample([ALICE, BOB, CAROL, dave.lower()], 2)
+        if payer != dave.lower():
+            await admin.payments.SubmitPayment(pay(USDC, payer=payer, payee=payee))
+    everything = (await admin.payments.ListPayments(payments_pb2.ListPaymentsRequest(page_size=1000))).payments
+    key = await create_key(admin_pb2.API_KEY_SCOPE_PAYER, addresses=(ALICE, BOB))
+    expected = [p.name for p in everything if {p.payer, p.payee} & {ALICE, BOB}]
+    assert 0 < len(expected) < len(everything)
+    async with server.client(key.secret) as client:
+        for size in (1, 4, 100):
+            seen: list[str] = []
+            token = ""
+            while True:
+                page = await client.payments.ListPayments(
+                    payments_pb2.ListPaymentsRequest(page_size=size, page_token=token)
+                )
+                seen += [p.name for p in page.payments]
+                token = page.next_page_token
+                if not token:
+                    break
+            assert seen == expected, size
+
+
 async def test_bulk_items_fail_alone_and_earn_the_batch_discount(admin: AsyncClient, fund: Fund) -> None:
     await fund(ALICE, 1000 * USDC)
     items = [pay(amount=10 * USDC) for _ in range(10)]

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 
 from ..engine.model import Dispute, Escrow, EscrowStatus, ExpiryAction, Priority, ReleaseCondition
 from .database import Database
+from .newest import newest_matching_any
 from .payments import fee_columns, fee_from_row
 from .schema import escrows
 
@@ -184,13 +185,16 @@ class EscrowReader:
             query = query.where(c.task_id == where.task_id)
         if where.status is not None:
             query = query.where(c.status == int(where.status))
-        if where.visible_to is not None:
-            visible = list(where.visible_to)
-            query = query.where(
-                sa.or_(c.payer.in_(visible), c.payee.in_(visible), c.arbiter.in_(visible), c.verifier.in_(visible))
-            )
         if before is not None:
             query = query.where(c.escrow_id < before)
-        query = query.order_by(c.escrow_id.desc()).limit(limit)
         async with self._database.connect() as connection:
-            return [escrow_from_row(row._mapping) for row in await connection.execute(query)]
+            if where.visible_to is None:
+                rows = list(await connection.execute(query.order_by(c.escrow_id.desc()).limit(limit)))
+            else:
+                conditions = [
+                    column == address
+                    for column in (c.payer, c.payee, c.arbiter, c.verifier)
+                    for address in sorted(where.visible_to)
+                ]
+                rows = await newest_matching_any(connection, query, c.escrow_id, conditions, limit)
+        return [escrow_from_row(row._mapping) for row in rows]

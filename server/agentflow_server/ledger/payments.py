@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 from ..engine.fees import Fee
 from ..engine.model import Payment, PaymentKind, PaymentStatus, Priority, Settlement
 from .database import Database
+from .newest import newest_matching_any
 from .schema import payments
 
 
@@ -169,11 +170,13 @@ class PaymentReader:
             query = query.where(c.status == int(where.status))
         if where.token is not None:
             query = query.where(c.token == where.token)
-        if where.visible_to is not None:
-            visible = list(where.visible_to)
-            query = query.where(sa.or_(c.payer.in_(visible), c.payee.in_(visible)))
         if before is not None:
             query = query.where(c.payment_id < before)
-        query = query.order_by(c.payment_id.desc()).limit(limit)
         async with self._database.connect() as connection:
-            return [payment_from_row(row._mapping) for row in await connection.execute(query)]
+            if where.visible_to is None:
+                rows = list(await connection.execute(query.order_by(c.payment_id.desc()).limit(limit)))
+            else:
+                visible = sorted(where.visible_to)
+                conditions = [c.payer == a for a in visible] + [c.payee == a for a in visible]
+                rows = await newest_matching_any(connection, query, c.payment_id, conditions, limit)
+        return [payment_from_row(row._mapping) for row in rows]
