@@ -260,6 +260,10 @@ async def test_pay_wait_follows_the_payment_to_completed_on_the_embedded_chain(e
     states = [line.split()[2] for line in lines[1:]]
     assert states[0] == "QUEUED"
     assert states[-1] == "COMPLETED"
+    # While it is processing, the batch carrying it is named.
+    processing = [line for line in lines[1:] if "PROCESSING" in line]
+    assert processing, lines
+    assert all(re.search(r"PROCESSING payments/\S+  in batches/", line) for line in processing), lines
     assert "transaction 0x" in lines[-1]
 
     as_json = await agentflow("pay", alice, bob, "2500000", "USDC", "--wait", "--json", env=env)

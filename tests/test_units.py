@@ -222,7 +222,9 @@ def test_a_payment_serialized_in_two_parts_reads_as_the_whole_payment_in_each_of
         failure_reason="",
         escrow_id="e1",
     )
-    processing = dataclasses.replace(queued, status=PaymentStatus.PROCESSING, update_time_us=1_764_000_000_500_000)
+    processing = dataclasses.replace(
+        queued, status=PaymentStatus.PROCESSING, update_time_us=1_764_000_000_500_000, batch_id="b1"
+    )
     settlement = Settlement("b1", "0x" + "ab" * 32, 12, 10_900, 10_900 * 10**9, 1_764_000_001_000_000)
     completed = dataclasses.replace(
         processing, status=PaymentStatus.COMPLETED, update_time_us=1_764_000_001_000_000, settlement=settlement
@@ -260,6 +262,9 @@ def test_a_payment_serialized_in_two_parts_reads_as_the_whole_payment_in_each_of
             failure_reason=payment.failure_reason,
             escrow="escrows/e1",
         )
+        if payment.batch_id is not None:
+            # Processing, failed in its batch or completed: the batch is named from the moment it is known.
+            expected.settlement.batch = "batches/b1"
         if payment.settlement is not None:
             expected.settlement.CopyFrom(
                 payments_pb2.PaymentSettlement(

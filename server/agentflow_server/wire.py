@@ -130,6 +130,9 @@ def _state_message(payment: Payment) -> payments_pb2.Payment:
                 complete_time=timestamp(settlement.complete_time_us),
             )
         )
+    elif payment.batch_id:
+        # In a batch not settled (yet, or ever): the batch is known from the moment the payment is processing.
+        message.settlement.batch = f"batches/{payment.batch_id}"
     return message
 
 
