@@ -256,6 +256,20 @@ async def test_the_queue_bound_holds_while_groups_commit(tmp_path: Path) -> None
         await database.close()
 
 
+async def test_the_payments_of_one_call_are_applied_in_one_group_and_priced_together(engine: Engine) -> None:
+    """A call larger than the engine's group size still goes in one group (one time for all its payments),
+    and each payment earns the discount of the whole call's size."""
+    await engine.execute(deposit(ALICE, 10_000 * 10**6))
+    created = await engine.submit_payments([submit() for _ in range(40)])  # the fixture's groups hold 16
+    assert all(isinstance(p, Payment) for p in created)
+    payments = [p for p in created if isinstance(p, Payment)]
+    assert len({p.create_time_us for p in payments}) == 1
+    assert {p.fee.batch_discount_bps for p in payments} == {1000}  # 10 to 49 payments: 10%
+    alone = await engine.execute(submit())
+    assert isinstance(alone, Payment)
+    assert alone.fee.batch_discount_bps == 0
+
+
 async def test_only_a_group_worth_it_is_applied_while_another_commits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -331,8 +345,8 @@ def test_request_hash_tells_every_field_apart() -> None:
     ]
     hashes = {base.request_hash(), *(v.request_hash() for v in variants)}
     assert len(hashes) == 1 + len(variants)
-    # The request id itself and the batch it came in are not part of what the request means.
-    same = SubmitPayment(ALICE, BOB, USDC, 10, Priority.NORMAL, "task", "memo", (("k", "v"),), "other", 50)
+    # The request id itself is not part of what the request means.
+    same = SubmitPayment(ALICE, BOB, USDC, 10, Priority.NORMAL, "task", "memo", (("k", "v"),), "other")
     assert same.request_hash() == base.request_hash()
 
 

@@ -32,6 +32,7 @@ from agentflow_server.engine.fees import (
     compute_fee,
     congestion_adjustment_bps,
     fee_share,
+    highest_fee,
     volume_discount_bps,
 )
 
@@ -282,6 +283,28 @@ def test_congestion_follows_a_configured_schedule() -> None:
     assert congestion_adjustment_bps(no_gas, queue_depth=0, max_queue_size=100, base_fee_ratio_bps=90_000) == 0
     off = FeeSchedule(congestion_queue_steps=(), max_congestion_bps=0)
     assert congestion_adjustment_bps(off, queue_depth=100, max_queue_size=100, base_fee_ratio_bps=90_000) == 0
+
+
+def test_the_highest_fee_is_the_most_any_adjustments_charge() -> None:
+    """What the engine counts a bulk call's payments at: compute_fee's total at the highest congestion and no
+    discount, and never less than any other adjustments give."""
+    rng = random.Random(11)
+    schedules = [S, FeeSchedule(rate_bps=7, max_congestion_bps=1234, congestion_queue_steps=((5000, 1234),))]
+    for _ in range(2000):
+        schedule = rng.choice(schedules)
+        amount = rng.choice((rng.randrange(1, 10**4), rng.randrange(1, 10**30), MAX - rng.randrange(10**6)))
+        min_fee = rng.choice((0, 10_000, 10**15))
+        most = highest_fee(schedule, amount, min_fee)
+        assert most == compute_fee(schedule, amount, min_fee=min_fee, congestion_bps=schedule.max_congestion_bps).total
+        other = compute_fee(
+            schedule,
+            amount,
+            min_fee=min_fee,
+            congestion_bps=rng.randrange(-schedule.max_congestion_bps, schedule.max_congestion_bps + 1),
+            volume_discount_bps=rng.randrange(0, schedule.max_volume_discount_bps + 1),
+            batch_discount_bps=rng.randrange(0, schedule.max_batch_discount_bps + 1),
+        )
+        assert other.total <= most
 
 
 def test_congestion_always_within_its_bound() -> None:

@@ -328,14 +328,13 @@ async def test_a_bound_key_pages_through_exactly_the_payments_naming_its_address
 
 async def test_bulk_items_fail_alone_and_earn_the_batch_discount(admin: AsyncClient, fund: Fund) -> None:
     await fund(ALICE, 1000 * USDC)
-    items = [pay(amount=10 * USDC) for _ in range(10)]
+    items = [pay(amount=10 * USDC) for _ in range(12)]
     items[3] = pay(amount="0")  # type: ignore[arg-type]
     items[7] = pay(amount=10_000 * USDC)
     response = await admin.payments.SubmitPayments(payments_pb2.SubmitPaymentsRequest(requests=items))
-    assert [r.index for r in response.results] == list(range(10))
-    assert [r.WhichOneof("result") for r in response.results] == ["payment"] * 3 + ["error"] + ["payment"] * 3 + [
-        "error"
-    ] + ["payment"] * 2
+    assert [r.index for r in response.results] == list(range(12))
+    kinds = [r.WhichOneof("result") for r in response.results]
+    assert kinds == ["payment"] * 3 + ["error"] + ["payment"] * 3 + ["error"] + ["payment"] * 4
     invalid, poor = response.results[3].error, response.results[7].error
     assert (invalid.code, invalid.reason) == (grpc.StatusCode.INVALID_ARGUMENT.value[0], "INVALID_FIELD")
     assert [v.field for v in invalid.field_violations] == ["requests[3].amount"]
@@ -343,10 +342,48 @@ async def test_bulk_items_fail_alone_and_earn_the_batch_discount(admin: AsyncCli
     # One group, one time: the ids still differ, and sort in the order the payments were accepted.
     names = [r.payment.name for r in response.results if r.WhichOneof("result") == "payment"]
     assert names == sorted(set(names))
-    fee = response.results[0].payment.fee
-    # Ten payments in one call: 10% off 30_000.
-    assert (fee.batch_discount_bps, fee.total) == (1000, "27000")
-    assert (await balance(admin, ALICE)).reserved == str(8 * (10 * USDC + 27_000))
+    # Ten payments accepted in one call (the two refused do not count): 10% off 30_000, for each of them.
+    fees = {(r.payment.fee.batch_discount_bps, r.payment.fee.total) for r in response.results if r.payment.name}
+    assert fees == {(1000, "27000")}
+    assert (await balance(admin, ALICE)).reserved == str(10 * (10 * USDC + 27_000))
+
+
+async def test_refused_items_buy_no_batch_discount(admin: AsyncClient, fund: Fund) -> None:
+    """A call padded with items that are refused (invalid, unfunded, or replays of an earlier payment) is
+    priced as the payments it really makes: one payment among nine refused items pays the full fee."""
+    await fund(ALICE, 1000 * USDC)
+    earlier = pay(amount=USDC, request_id="paid-before")
+    await admin.payments.SubmitPayment(earlier)
+    for padding in (
+        pay(amount="0"),  # type: ignore[arg-type]
+        pay(amount=10**9 * USDC),
+        earlier,
+    ):
+        response = await admin.payments.SubmitPayments(
+            payments_pb2.SubmitPaymentsRequest(requests=[pay(amount=10 * USDC)] + [padding] * 9)
+        )
+        fee = response.results[0].payment.fee
+        assert (fee.batch_discount_bps, fee.total) == (0, "30000"), padding
+    # The same ten payments, all of them real, earn their 10%.
+    response = await admin.payments.SubmitPayments(
+        payments_pb2.SubmitPaymentsRequest(requests=[pay(amount=10 * USDC) for _ in range(10)])
+    )
+    assert {r.payment.fee.batch_discount_bps for r in response.results} == {1000}
+
+
+async def test_the_batch_discount_counts_each_payment_at_its_highest_possible_fee(
+    admin: AsyncClient, fund: Fund
+) -> None:
+    """Counted before any is applied, a payment counts only if the payer can pay it and every earlier one at
+    the highest fee they could be charged, so every payment counted is accepted."""
+    # Ten payments of 10 USDC cost 100.3 USDC at the plain fee and 100.45 at the highest congestion (+50%).
+    await fund(ALICE, 100_400_000)
+    response = await admin.payments.SubmitPayments(
+        payments_pb2.SubmitPaymentsRequest(requests=[pay(amount=10 * USDC) for _ in range(10)])
+    )
+    # All ten are accepted at the fee they are charged, but only nine were sure to be: no 10% discount.
+    assert [r.WhichOneof("result") for r in response.results] == ["payment"] * 10
+    assert {r.payment.fee.batch_discount_bps for r in response.results} == {0}
 
 
 async def test_bulk_size_is_bounded(start_server: StartServer) -> None:

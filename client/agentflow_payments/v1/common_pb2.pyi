@@ -118,7 +118,9 @@ class FeeBreakdown(_message.Message):
     """
     batch_discount_bps: _builtins.int
     """Output only. The batch discount in basis points (0 to 4000) for payments
-    submitted together.
+    submitted together in one SubmitPayments call: by how many of its items
+    are sure to be accepted (items refused as invalid, unfunded or replayed
+    earn none).
     """
     token: _builtins.str
     """Output only. The token the fee is paid in: always the payment's token."""

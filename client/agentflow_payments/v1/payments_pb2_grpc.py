@@ -98,7 +98,9 @@ class PaymentServiceServicer:
     def SubmitPayments(self, request, context):
         """Accepts up to the configured number of payments in one call. Each item
         gets its own result in request order; one item's failure does not fail the
-        others. Counts against the rate limit by its number of items.
+        others. The payments earn the batch discount of the number of items sure
+        to be accepted, counted at the highest fee each could be charged. Counts
+        against the rate limit by its number of items.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -46,7 +46,9 @@ class PaymentServiceStub:
     SubmitPayments: _grpc.UnaryUnaryMultiCallable[_payments_pb2.SubmitPaymentsRequest, _payments_pb2.SubmitPaymentsResponse]
     """Accepts up to the configured number of payments in one call. Each item
     gets its own result in request order; one item's failure does not fail the
-    others. Counts against the rate limit by its number of items.
+    others. The payments earn the batch discount of the number of items sure
+    to be accepted, counted at the highest fee each could be charged. Counts
+    against the rate limit by its number of items.
     """
     GetPayment: _grpc.UnaryUnaryMultiCallable[_payments_pb2.GetPaymentRequest, _payments_pb2.GetPaymentResponse]
     """Returns one payment. NOT_FOUND with reason PAYMENT_NOT_FOUND when unknown."""
@@ -86,7 +88,9 @@ class PaymentServiceAsyncStub(PaymentServiceStub):
     SubmitPayments: _aio.UnaryUnaryMultiCallable[_payments_pb2.SubmitPaymentsRequest, _payments_pb2.SubmitPaymentsResponse]  # type: ignore[assignment]
     """Accepts up to the configured number of payments in one call. Each item
     gets its own result in request order; one item's failure does not fail the
-    others. Counts against the rate limit by its number of items.
+    others. The payments earn the batch discount of the number of items sure
+    to be accepted, counted at the highest fee each could be charged. Counts
+    against the rate limit by its number of items.
     """
     GetPayment: _aio.UnaryUnaryMultiCallable[_payments_pb2.GetPaymentRequest, _payments_pb2.GetPaymentResponse]  # type: ignore[assignment]
     """Returns one payment. NOT_FOUND with reason PAYMENT_NOT_FOUND when unknown."""
@@ -135,7 +139,9 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_payments_pb2.SubmitPaymentsResponse, _abc.Awaitable[_payments_pb2.SubmitPaymentsResponse]]:
         """Accepts up to the configured number of payments in one call. Each item
         gets its own result in request order; one item's failure does not fail the
-        others. Counts against the rate limit by its number of items.
+        others. The payments earn the batch discount of the number of items sure
+        to be accepted, counted at the highest fee each could be charged. Counts
+        against the rate limit by its number of items.
         """
 
     @_abc_1.abstractmethod

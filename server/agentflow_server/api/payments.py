@@ -62,9 +62,7 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
         self._batches = batches
         self._max_bulk_size = max_bulk_size
 
-    def _command(
-        self, request: payments_pb2.SubmitPaymentRequest, principal: Principal, prefix: str, batch_size: int
-    ) -> SubmitPayment:
+    def _command(self, request: payments_pb2.SubmitPaymentRequest, principal: Principal, prefix: str) -> SubmitPayment:
         """The command for a valid request, or the ApiError refusing it."""
         fields = Fields(self._engine.tokens, prefix)
         payer = fields.address("payer", request.payer)
@@ -91,13 +89,12 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
             memo=memo,
             metadata=metadata,
             request_id=request_id,
-            batch_size=batch_size,
         )
 
     async def SubmitPayment(
         self, request: payments_pb2.SubmitPaymentRequest, context: Context
     ) -> payments_pb2.SubmitPaymentResponse:
-        command = self._command(request, current_principal(), "", 1)
+        command = self._command(request, current_principal(), "")
         payment = await self._engine.execute(command)
         assert isinstance(payment, Payment)
         response = payments_pb2.SubmitPaymentResponse()
@@ -119,12 +116,13 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
         positions: list[int] = []
         for index, item in enumerate(request.requests):
             try:
-                commands.append(self._command(item, principal, f"requests[{index}].", count))
+                commands.append(self._command(item, principal, f"requests[{index}]."))
                 positions.append(index)
             except ApiError as error:
                 results[index].error.CopyFrom(item_error(error))
         if commands:
-            for index, outcome in zip(positions, await self._engine.execute_many(commands), strict=True):
+            # Priced together: the batch discount counts only the payments that are surely accepted.
+            for index, outcome in zip(positions, await self._engine.submit_payments(commands), strict=True):
                 if isinstance(outcome, ApiError):
                     results[index].error.CopyFrom(item_error(outcome))
                 else:

@@ -14,8 +14,8 @@ from .model import Batch, ExpiryAction, Priority, ReleaseCondition
 class SubmitPayment:
     """Accept a payment: price it, reserve amount plus fee from the payer, queue it for settlement.
 
-    ``batch_size`` is the number of items of the SubmitPayments call it came in (1 alone), which sets the
-    batch discount. Fields are already validated; ``request_id`` may be empty (no idempotency).
+    Fields are already validated; ``request_id`` may be empty (no idempotency). Payments submitted together
+    go through :meth:`Engine.submit_payments`, which sets their batch discount.
     """
 
     payer: str
@@ -27,7 +27,6 @@ class SubmitPayment:
     memo: str
     metadata: tuple[tuple[str, str], ...]
     request_id: str
-    batch_size: int = 1
 
     def request_hash(self) -> str:
         """What the request means, as a digest: the same request_id with another meaning is a conflict."""

@@ -79,6 +79,7 @@ from .fees import (
     compute_fee,
     congestion_adjustment_bps,
     fee_share,
+    highest_fee,
     volume_discount_bps,
 )
 from .ids import IdMint
@@ -138,10 +139,23 @@ class EngineConfig:
     checkpoint_interval: float = 0.5
 
 
+@dataclass(eq=False)
+class _Call:
+    """The payments of one SubmitPayments call: applied in one group and priced together."""
+
+    commands: Sequence[SubmitPayment]
+    # Its last command's place in the inbox: the group that takes the first takes every one up to it.
+    last: _Pending | None = None
+    # How many of them are accepted whatever happens to the rest, worked out before the first is applied
+    # (None until then); their batch discount is that number's.
+    surely_accepted: int | None = None
+
+
 @dataclass(slots=True)
 class _Pending:
     command: Command
     future: asyncio.Future[Result]
+    call: _Call | None = None
 
 
 @dataclass
@@ -334,7 +348,22 @@ class Engine:
 
     async def execute_many(self, commands: Sequence[Command]) -> list[Result | ApiError]:
         """Apply several commands, which join the same group; each succeeds or fails alone."""
-        futures = self._submit(commands)
+        return await self._outcomes(self._submit(commands))
+
+    async def submit_payments(self, commands: Sequence[SubmitPayment]) -> list[Result | ApiError]:
+        """Accept the payments of one SubmitPayments call, each succeeding or failing alone.
+
+        They are applied in one group, and each earns the batch discount of the number of them that are
+        accepted whatever happens to the others: counted before any is applied, in order, each only if its
+        payer's available balance covers it and every earlier one of that payer at the highest fee they
+        could be charged, the queue has room for it and every earlier one, and its request id is new. A
+        call padded with payments that are refused (unfunded, replayed, beyond the queue) earns nothing
+        for them, and one of honest payments earns its full size.
+        """
+        call = _Call(commands)
+        return await self._outcomes(self._submit(commands, call))
+
+    async def _outcomes(self, futures: list[asyncio.Future[Result]]) -> list[Result | ApiError]:
         results: list[Result | ApiError] = []
         # Awaited one by one, in order: most are done by the time the first is (one group answers them all),
         # and asyncio.wait would build a set and a callback for each.
@@ -350,15 +379,18 @@ class Engine:
                 raise
         return results
 
-    def _submit(self, commands: Sequence[Command]) -> list[asyncio.Future[Result]]:
+    def _submit(self, commands: Sequence[Command], call: _Call | None = None) -> list[asyncio.Future[Result]]:
         if not self._accepting:
             raise ApiError(Reason.SHUTTING_DOWN, "the server is shutting down; retry against another replica")
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Result]] = []
         for command in commands:
             future: asyncio.Future[Result] = loop.create_future()
-            self._inbox.put_nowait(_Pending(command, future))
+            item = _Pending(command, future, call)
+            self._inbox.put_nowait(item)
             futures.append(future)
+        if call is not None and commands:
+            call.last = item
         return futures
 
     # -- reads of engine state ----------------------------------------------------------------------
@@ -419,6 +451,13 @@ class Engine:
                     stopping = True
                     break
                 group.append(item)
+            # A call priced together goes in one group: the rest of it was queued with its first command.
+            call = group[-1].call
+            while call is not None and group[-1] is not call.last:
+                rest = inbox.get_nowait()
+                assert rest is not None
+                assert rest.call is call
+                group.append(rest)
             try:
                 await self._apply(group)
             except Exception:
@@ -450,8 +489,11 @@ class Engine:
             return
         try:
             for item in pending:
+                call = item.call
+                if call is not None and call.surely_accepted is None:
+                    call.surely_accepted = self._surely_accepted(call.commands, group)
                 try:
-                    group.results.append(self._apply_one(item.command, group))
+                    group.results.append(self._apply_one(item.command, group, call))
                 except ApiError as error:
                     group.results.append(error)
             group.write.seal()
@@ -688,9 +730,9 @@ class Engine:
         group.volume_undo.append((payer, token, day, amount))
         group.write.volumes[(payer, token, day)] = value
 
-    def _apply_one(self, command: Command, group: _Group) -> Result:
+    def _apply_one(self, command: Command, group: _Group, call: _Call | None = None) -> Result:
         if isinstance(command, SubmitPayment):
-            return self._submit_payment(command, group)
+            return self._submit_payment(command, group, max(1, call.surely_accepted or 0) if call is not None else 1)
         if isinstance(command, CancelPayment):
             return self._cancel_payment(command, group)
         if isinstance(command, Withdraw):
@@ -733,7 +775,42 @@ class Engine:
 
     # -- the commands -------------------------------------------------------------------------------
 
-    def _submit_payment(self, command: SubmitPayment, group: _Group) -> Payment:
+    def _surely_accepted(self, commands: Sequence[SubmitPayment], group: _Group) -> int:
+        """How many of a call's payments will be accepted whatever becomes of the others (see
+        :meth:`submit_payments`), worked out before any is applied.
+
+        Each payment that might be accepted is taken to cost its payer its amount and the highest fee it could
+        be charged, and a place in the queue, whether it is counted or not; so each one counted is accepted
+        when it is applied. A payment that cannot be (its amount and the token's minimum fee above what its
+        payer has, or its request id already used before the call) takes nothing.
+        """
+        schedule = self.config.fee_schedule
+        most: Counter[AccountKey] = Counter()
+        places: Counter[str] = Counter()
+        seen: set[tuple[str, str]] = set()
+        counted = 0
+        for command in commands:
+            symbol = command.token.symbol
+            account = (command.payer, symbol)
+            key = (_payment_scope(command.payer), command.request_id) if command.request_id else None
+            if key is not None and key in group.idempotency:
+                continue  # the original's answer, or a conflict: no new payment
+            balance = self._balances.get(account)
+            available = balance.available if balance is not None else 0
+            if command.amount + command.token.min_fee > available:
+                continue  # refused at any fee: the call's payments only ever lower the payer's balance
+            most[account] += command.amount + highest_fee(schedule, command.amount, command.token.min_fee)
+            places[symbol] += 1
+            if key is not None:
+                if key in seen:
+                    continue  # a second use within the call: a replay, or new if the first was refused
+                seen.add(key)
+            depth = len(self.queues[symbol]) + self._inflight_queued[symbol] + group.queued[symbol]
+            if most[account] <= available and depth + places[symbol] <= self.config.max_queue_size:
+                counted += 1
+        return counted
+
+    def _submit_payment(self, command: SubmitPayment, group: _Group, batch_size: int) -> Payment:
         write = group.write
         now_us = write.time_us
         request_hash = ""
@@ -747,7 +824,7 @@ class Engine:
         symbol = token.symbol
         queued = group.queued[symbol]
         self._require_queue_room(group, symbol, "payments")
-        fee = self.quote(command.payer, token, command.amount, command.batch_size, queued)
+        fee = self.quote(command.payer, token, command.amount, batch_size, queued)
         debit = command.amount + fee.total
         self._require_available(command.payer, symbol, command.amount, fee.total, "payment")
         balance = self._balance(group, command.payer, symbol)

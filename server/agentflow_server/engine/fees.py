@@ -282,6 +282,14 @@ def compute_fee(
     )
 
 
+def highest_fee(schedule: FeeSchedule, amount: int, min_fee: int) -> int:
+    """The most a payment of ``amount`` can be charged under ``schedule``: the total :func:`compute_fee` gives
+    at the highest congestion and no discount, worked out without building the breakdown (the engine asks
+    for it for every payment of a bulk call)."""
+    base = max(_ceil_div(amount * schedule.rate_bps, BPS), min_fee)
+    return max(_ceil_div(base * (BPS + schedule.max_congestion_bps), BPS), min_fee)
+
+
 def fee_share(schedule: FeeSchedule, fee: Fee, *, before: int, part: int, whole: int) -> Fee:
     """The part of ``fee`` (fixed for ``whole`` base units) that pays for ``part`` units after ``before``.
 

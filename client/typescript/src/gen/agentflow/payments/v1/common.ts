@@ -105,7 +105,9 @@ export interface FeeBreakdown {
   volumeDiscountBps: number;
   /**
    * Output only. The batch discount in basis points (0 to 4000) for payments
-   * submitted together.
+   * submitted together in one SubmitPayments call: by how many of its items
+   * are sure to be accepted (items refused as invalid, unfunded or replayed
+   * earn none).
    */
   batchDiscountBps: number;
   /** Output only. The token the fee is paid in: always the payment's token. */

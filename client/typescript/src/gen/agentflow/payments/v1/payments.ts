@@ -3208,7 +3208,9 @@ export const PaymentServiceService = {
   /**
    * Accepts up to the configured number of payments in one call. Each item
    * gets its own result in request order; one item's failure does not fail the
-   * others. Counts against the rate limit by its number of items.
+   * others. The payments earn the batch discount of the number of items sure
+   * to be accepted, counted at the highest fee each could be charged. Counts
+   * against the rate limit by its number of items.
    */
   submitPayments: {
     path: "/agentflow.payments.v1.PaymentService/SubmitPayments" as const,
@@ -3309,7 +3311,9 @@ export interface PaymentServiceServer extends UntypedServiceImplementation {
   /**
    * Accepts up to the configured number of payments in one call. Each item
    * gets its own result in request order; one item's failure does not fail the
-   * others. Counts against the rate limit by its number of items.
+   * others. The payments earn the batch discount of the number of items sure
+   * to be accepted, counted at the highest fee each could be charged. Counts
+   * against the rate limit by its number of items.
    */
   submitPayments: handleUnaryCall<SubmitPaymentsRequest, SubmitPaymentsResponse>;
   /** Returns one payment. NOT_FOUND with reason PAYMENT_NOT_FOUND when unknown. */
@@ -3363,7 +3367,9 @@ export interface PaymentServiceClient extends Client {
   /**
    * Accepts up to the configured number of payments in one call. Each item
    * gets its own result in request order; one item's failure does not fail the
-   * others. Counts against the rate limit by its number of items.
+   * others. The payments earn the batch discount of the number of items sure
+   * to be accepted, counted at the highest fee each could be charged. Counts
+   * against the rate limit by its number of items.
    */
   submitPayments(
     request: SubmitPaymentsRequest,
