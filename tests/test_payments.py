@@ -435,6 +435,11 @@ async def test_list_tokens(admin: AsyncClient) -> None:
     ]
     assert response.tokens[0].min_fee == str(10**15)
     assert response.chain_id == 0  # this server settles on no chain and was given no chain_id
+    # Balances come in the same order, a token never held at zero, whatever order they are asked in.
+    asked = await admin.accounts.GetBalances(accounts_pb2.GetBalancesRequest(address=BOB, tokens=["WETH", "ETH"]))
+    assert [(b.token, b.total) for b in asked.balances] == [("ETH", "0"), ("WETH", "0")]
+    every = await admin.accounts.GetBalances(accounts_pb2.GetBalancesRequest(address=BOB))
+    assert [b.token for b in every.balances] == [t.symbol for t in response.tokens]
 
 
 async def test_state_survives_a_restart(start_server: StartServer) -> None:

@@ -67,7 +67,8 @@ class AccountServiceServicer:
     """
 
     def GetBalances(self, request, context):
-        """Returns an address's balances, one per token it has held.
+        """Returns an address's balances, one per accepted token (or per token asked
+        for): zeros for a token it has never held.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -34,7 +34,9 @@ class AccountServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AccountServiceAsyncStub: ...
     GetBalances: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.GetBalancesRequest, _accounts_pb2.GetBalancesResponse]
-    """Returns an address's balances, one per token it has held."""
+    """Returns an address's balances, one per accepted token (or per token asked
+    for): zeros for a token it has never held.
+    """
     ListLedgerEntries: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.ListLedgerEntriesRequest, _accounts_pb2.ListLedgerEntriesResponse]
     """Lists the double-entry journal lines of one address, newest first."""
     Withdraw: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.WithdrawRequest, _accounts_pb2.WithdrawResponse]
@@ -52,7 +54,9 @@ class AccountServiceAsyncStub(AccountServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetBalances: _aio.UnaryUnaryMultiCallable[_accounts_pb2.GetBalancesRequest, _accounts_pb2.GetBalancesResponse]  # type: ignore[assignment]
-    """Returns an address's balances, one per token it has held."""
+    """Returns an address's balances, one per accepted token (or per token asked
+    for): zeros for a token it has never held.
+    """
     ListLedgerEntries: _aio.UnaryUnaryMultiCallable[_accounts_pb2.ListLedgerEntriesRequest, _accounts_pb2.ListLedgerEntriesResponse]  # type: ignore[assignment]
     """Lists the double-entry journal lines of one address, newest first."""
     Withdraw: _aio.UnaryUnaryMultiCallable[_accounts_pb2.WithdrawRequest, _accounts_pb2.WithdrawResponse]  # type: ignore[assignment]
@@ -73,7 +77,9 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _accounts_pb2.GetBalancesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.GetBalancesResponse, _abc.Awaitable[_accounts_pb2.GetBalancesResponse]]:
-        """Returns an address's balances, one per token it has held."""
+        """Returns an address's balances, one per accepted token (or per token asked
+        for): zeros for a token it has never held.
+        """
 
     @_abc_1.abstractmethod
     def ListLedgerEntries(

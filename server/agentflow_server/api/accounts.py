@@ -61,7 +61,8 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
         for i, symbol in enumerate(request.tokens):
             fields.token(f"tokens[{i}]", symbol)
         address = self._readable_address(fields, request.address)
-        wanted = list(dict.fromkeys(request.tokens)) or [token.symbol for token in self._tokens]
+        asked = set(request.tokens)
+        wanted = [token.symbol for token in self._tokens if not asked or token.symbol in asked]  # ListTokens' order
         stored = await self._reader.balances(address)
         balances = []
         for symbol in wanted:

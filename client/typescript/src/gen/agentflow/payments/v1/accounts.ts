@@ -2432,7 +2432,10 @@ export const Deposit: MessageFns<Deposit> = {
 /** Balances, the journal behind them, deposits and withdrawals. */
 export type AccountServiceService = typeof AccountServiceService;
 export const AccountServiceService = {
-  /** Returns an address's balances, one per token it has held. */
+  /**
+   * Returns an address's balances, one per accepted token (or per token asked
+   * for): zeros for a token it has never held.
+   */
   getBalances: {
     path: "/agentflow.payments.v1.AccountService/GetBalances" as const,
     requestStream: false as const,
@@ -2492,7 +2495,10 @@ export const AccountServiceService = {
 } as const;
 
 export interface AccountServiceServer extends UntypedServiceImplementation {
-  /** Returns an address's balances, one per token it has held. */
+  /**
+   * Returns an address's balances, one per accepted token (or per token asked
+   * for): zeros for a token it has never held.
+   */
   getBalances: handleUnaryCall<GetBalancesRequest, GetBalancesResponse>;
   /** Lists the double-entry journal lines of one address, newest first. */
   listLedgerEntries: handleUnaryCall<ListLedgerEntriesRequest, ListLedgerEntriesResponse>;
@@ -2508,7 +2514,10 @@ export interface AccountServiceServer extends UntypedServiceImplementation {
 }
 
 export interface AccountServiceClient extends Client {
-  /** Returns an address's balances, one per token it has held. */
+  /**
+   * Returns an address's balances, one per accepted token (or per token asked
+   * for): zeros for a token it has never held.
+   */
   getBalances(
     request: GetBalancesRequest,
     callback: (error: ServiceError | null, response: GetBalancesResponse) => void,
