@@ -121,8 +121,9 @@ class AsyncClient:
     (streams get none), and raises an :class:`~agentflow_payments.AgentflowError` subclass on failure.
 
     Reads, and writes that carry a ``request_id`` (the methods make one when none is given), are retried
-    after UNAVAILABLE or DEADLINE_EXCEEDED as ``retry`` says, each attempt with the full timeout: the server
-    applies a request id once, so a retried payment never pays twice. Other calls are made once.
+    after UNAVAILABLE, DEADLINE_EXCEEDED or CANCELLED from the server as ``retry`` says, each attempt with the
+    full timeout: the server applies a request id once, so a retried payment never pays twice. Other calls
+    are made once.
 
     The generated ``grpc.aio`` stubs are attributes too (``payments``, ``escrows``, ``webhooks``,
     ``events``, ``accounts``, ``admin``), with the same key, deadline and errors but no retries.

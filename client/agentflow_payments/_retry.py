@@ -3,8 +3,11 @@
 Only calls that cannot act twice are retried: reads, and writes that carry a
 ``request_id`` (the typed methods always give one), which the server answers
 from its idempotency record the second time. Only UNAVAILABLE (the server could
-not be reached, or the connection broke) and DEADLINE_EXCEEDED (one attempt
-took longer than its deadline) are retried; every other error is the answer.
+not be reached, or the connection broke), DEADLINE_EXCEEDED (one attempt took
+longer than its deadline) and CANCELLED from the other end (an overloaded
+server's gRPC core sheds calls it cannot hand to the application in time with
+CANCELLED, before they run) are retried; every other error is the answer. A
+call the caller cancels raises ``asyncio.CancelledError`` and is not retried.
 
 The loop is ours rather than gRPC's service-config retry policy because gRPC
 retries within one overall deadline and never retries DEADLINE_EXCEEDED, while
@@ -20,11 +23,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ._exceptions import DeadlineExceeded, Unavailable
+from ._exceptions import Cancelled, DeadlineExceeded, Unavailable
 
 T = TypeVar("T")
 
-RETRYABLE = (Unavailable, DeadlineExceeded)
+RETRYABLE = (Unavailable, DeadlineExceeded, Cancelled)
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,8 @@ NO_RETRY = RetryConfig(max_attempts=1)
 
 
 async def with_retries(config: RetryConfig, attempt: Callable[[], Awaitable[T]]) -> T:
-    """The result of ``attempt()``, called again after UNAVAILABLE or DEADLINE_EXCEEDED as ``config`` allows;
-    the last error is raised when the attempts run out."""
+    """The result of ``attempt()``, called again after UNAVAILABLE, DEADLINE_EXCEEDED or CANCELLED as
+    ``config`` allows; the last error is raised when the attempts run out."""
     number = 1
     while True:
         try:
