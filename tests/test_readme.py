@@ -78,7 +78,14 @@ async def test_the_walk_through_runs_as_printed(dev_server: DevServer, tmp_path:
     results = await run_walk_through(steps, dev_server, tmp_path)
     for (command, shown), (code, printed) in zip(steps, results, strict=True):
         assert code == 0, f"$ {command}\nexit {code}\n{printed}"
-        assert normalize(printed.splitlines()) == normalize(shown), f"$ {command}\nprinted:\n{printed}"
+        lines, expected = normalize(printed.splitlines()), normalize(shown)
+        if command.startswith("agentflow payments watch"):
+            # A new process, it may start after the payment has moved on (the embedded chain settles within a
+            # second, and a slow machine takes about as long to start the command): its first state is then
+            # a later one, and the rest follow as shown.
+            assert lines, f"$ {command}\nprinted nothing"
+            expected = expected[len(expected) - len(lines) :]
+        assert lines == expected, f"$ {command}\nprinted:\n{printed}"
 
 
 async def run_walk_through(
