@@ -258,10 +258,12 @@ async def test_a_resume_within_the_recent_events_is_served_from_memory(
         resumed = await take(subscribe(admin, start_after=500), 501)
         assert [e.sequence for e in resumed] == list(range(501, 1002))
         assert resumed[0].payment.amount == str(USDC)
-        assert reads == []  # from memory
+        # From memory: nothing read before the head. (The hub itself polls the log after its head once a
+        # second while anyone listens; on a slow machine that poll came during the replay.)
+        assert [after for after in reads if after < 1001] == []
         older = await take(subscribe(admin, start_after=0), 1001)
         assert [e.sequence for e in older] == list(range(1, 1002))
-        assert reads[:1] == [0]  # the deposit came before the hub followed: from the log
+        assert 0 in reads  # the deposit came before the hub followed: from the log
 
 
 async def test_streams_end_when_the_server_stops(start_server: StartServer) -> None:
