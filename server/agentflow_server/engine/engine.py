@@ -399,7 +399,7 @@ class Engine:
         """The fee the engine would fix now for this payment (``queued``: payments of this token staged
         ahead of it in the current group)."""
         schedule = self.config.fee_schedule
-        depth = len(self.queues[token.symbol]) + self._inflight_queued[token.symbol] + queued
+        depth = self._queue_depth(token.symbol, queued)
         today = day_of(self.clock.now_us())
         return compute_fee(
             schedule,
@@ -795,8 +795,7 @@ class Engine:
             key = (_payment_scope(command.payer), command.request_id) if command.request_id else None
             if key is not None and key in group.idempotency:
                 continue  # the original's answer, or a conflict: no new payment
-            balance = self._balances.get(account)
-            available = balance.available if balance is not None else 0
+            available = self._available(account)
             if command.amount + command.token.min_fee > available:
                 continue  # refused at any fee: the call's payments only ever lower the payer's balance
             most[account] += command.amount + highest_fee(schedule, command.amount, command.token.min_fee)
@@ -805,7 +804,7 @@ class Engine:
                 if key in seen:
                     continue  # a second use within the call: a replay, or new if the first was refused
                 seen.add(key)
-            depth = len(self.queues[symbol]) + self._inflight_queued[symbol] + group.queued[symbol]
+            depth = self._queue_depth(symbol, group.queued[symbol])
             if most[account] <= available and depth + places[symbol] <= self.config.max_queue_size:
                 counted += 1
         return counted
@@ -932,10 +931,18 @@ class Engine:
         group.pushed_ids.add(withdrawal.payment_id)
         return withdrawal
 
+    def _available(self, account: AccountKey) -> int:
+        """The account's available balance as the engine holds it now (0 for one never credited)."""
+        balance = self._balances.get(account)
+        return balance.available if balance is not None else 0
+
+    def _queue_depth(self, symbol: str, staged: int) -> int:
+        """The token's queue: committed, in groups still committing, and ``staged`` in the current group."""
+        return len(self.queues[symbol]) + self._inflight_queued[symbol] + staged
+
     def _require_available(self, address: str, symbol: str, amount: int, fee: int, what: str) -> None:
         """INSUFFICIENT_BALANCE unless ``address`` has ``amount + fee`` of the token available."""
-        current = self._balances.get((address, symbol))
-        available = current.available if current is not None else 0
+        available = self._available((address, symbol))
         if available < amount + fee:
             detail = f" (amount {amount} + fee {fee})" if fee else ""
             raise ApiError(
@@ -946,7 +953,7 @@ class Engine:
 
     def _require_queue_room(self, group: _Group, symbol: str, what: str) -> None:
         """QUEUE_FULL unless the token's queue (committed, in flight and this group) has room for one more."""
-        depth = len(self.queues[symbol]) + self._inflight_queued[symbol] + group.queued[symbol]
+        depth = self._queue_depth(symbol, group.queued[symbol])
         if depth >= self.config.max_queue_size:
             raise ApiError(
                 Reason.QUEUE_FULL,
