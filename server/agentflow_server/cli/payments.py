@@ -261,7 +261,9 @@ async def run_quote(ctx: Context) -> int:
         ctx.out.document(fee)
     else:
         ctx.out.show(render_fee(fee, await ctx.tokens()))
-        ctx.out.note("fixed when a payment is accepted; SubmitPayments of 10 or more earn a batch discount")
+        ctx.out.note(
+            "fixed when a payment is accepted; 10 or more accepted in one SubmitPayments call earn a batch discount"
+        )
     return ExitCode.OK
 
 
