@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
+import json
 import random
 import secrets
 import sqlite3
@@ -25,7 +27,7 @@ from agentflow_payments import (
     QueueFull,
     Reason,
 )
-from agentflow_payments.v1 import accounts_pb2, admin_pb2, common_pb2, payments_pb2
+from agentflow_payments.v1 import accounts_pb2, admin_pb2, common_pb2, escrow_pb2, payments_pb2
 from agentflow_server.engine.commands import CreditDeposit
 
 from .conftest import ALICE, BOB, CreateKey, RunningServer, StartServer
@@ -422,6 +424,35 @@ async def test_list_payments_filters_and_pages(admin: AsyncClient, fund: Fund) -
     assert list(by_status.payments) == []
     with pytest.raises(InvalidToken):
         await admin.payments.ListPayments(payments_pb2.ListPaymentsRequest(token="DOGE"))
+
+
+async def test_a_page_token_holds_only_for_the_request_that_returned_it(admin: AsyncClient, fund: Fund) -> None:
+    await fund(ALICE, 1000 * USDC)
+    names = [(await admin.payments.SubmitPayment(pay(task_id=f"t{i % 2}"))).payment.name for i in range(6)]
+    first = await admin.payments.ListPayments(payments_pb2.ListPaymentsRequest(page_size=2))
+    token = first.next_page_token
+    # AIP-158: only page_size may change between pages.
+    rest = await admin.payments.ListPayments(payments_pb2.ListPaymentsRequest(page_size=10, page_token=token))
+    assert [p.name for p in (*first.payments, *rest.payments)] == list(reversed(names))
+    assert rest.next_page_token == ""
+    # Carried over to other filters, it would page through a listing it was not cut from.
+    other_requests = [
+        admin.payments.ListPayments(payments_pb2.ListPaymentsRequest(page_size=2, task_id="t1", page_token=token)),
+        admin.payments.ListPayments(payments_pb2.ListPaymentsRequest(page_size=2, payer=ALICE, page_token=token)),
+        admin.escrows.ListEscrows(escrow_pb2.ListEscrowsRequest(page_size=2, page_token=token)),
+        admin.accounts.ListLedgerEntries(accounts_pb2.ListLedgerEntriesRequest(address=ALICE, page_token=token)),
+    ]
+    for call in other_requests:
+        with pytest.raises(InvalidArgument) as caught:
+            await call
+        (violation,) = caught.value.field_violations
+        assert violation.field == "page_token"
+        assert "another request" in violation.description
+    # A token from before tokens were bound to their request (a bare cursor) is not taken for one.
+    bare = base64.urlsafe_b64encode(json.dumps([names[3].removeprefix("payments/")]).encode()).decode()
+    with pytest.raises(InvalidArgument) as caught:
+        await admin.payments.ListPayments(payments_pb2.ListPaymentsRequest(page_token=bare))
+    assert caught.value.field_violations[0].description == "is not a token this server issued"
 
 
 async def test_list_tokens(admin: AsyncClient) -> None:

@@ -9,7 +9,9 @@ import grpc
 import pytest
 
 from agentflow_payments import FieldViolation, RateLimited, Reason, from_rpc_error
+from agentflow_payments.v1 import escrow_pb2, payments_pb2
 from agentflow_server.addresses import parse_address
+from agentflow_server.api import pagination
 from agentflow_server.api.status import to_grpc_status
 from agentflow_server.auth.rate_limit import RateLimiter
 from agentflow_server.config import load_settings
@@ -331,3 +333,31 @@ def test_verify_webhook_refuses_what_the_secret_did_not_sign(
 
     with pytest.raises(WebhookVerificationError, match=why):
         verify_webhook(headers, body, _WH_SECRET, now=now)
+
+
+def test_page_size_defaults_caps_and_refuses_negatives() -> None:
+    assert pagination.page_size(0) == pagination.DEFAULT_PAGE_SIZE == 100
+    assert pagination.page_size(7) == 7
+    assert pagination.page_size(5000) == pagination.MAX_PAGE_SIZE == 1000  # AIP-158: coerced, not refused
+    with pytest.raises(ApiError) as caught:
+        pagination.page_size(-1)
+    assert caught.value.field_violations[0].field == "page_size"
+
+
+def test_a_page_token_is_bound_to_every_field_but_page_size() -> None:
+    request = payments_pb2.ListPaymentsRequest(payer=ALICE, task_id="t", page_size=2)
+    token = pagination.encode_token(request, ["0661"])
+    again = payments_pb2.ListPaymentsRequest(payer=ALICE, task_id="t", page_size=50, page_token=token)
+    assert pagination.decode_token(again, 1) == ["0661"]
+    assert pagination.decode_token(payments_pb2.ListPaymentsRequest(), 1) is None
+    for other in (
+        payments_pb2.ListPaymentsRequest(payer=ALICE, task_id="u", page_token=token),
+        payments_pb2.ListPaymentsRequest(payer=ALICE, task_id="t", status=1, page_token=token),
+        escrow_pb2.ListEscrowsRequest(payer=ALICE, task_id="t", page_token=token),  # the same fields, another RPC
+    ):
+        with pytest.raises(ApiError) as caught:
+            pagination.decode_token(other, 1)
+        assert caught.value.field_violations[0].field == "page_token"
+    for forged in ("x", "bm90IGEgdG9rZW4", token[:-4]):
+        with pytest.raises(ApiError):
+            pagination.decode_token(payments_pb2.ListPaymentsRequest(page_token=forged), 1)

@@ -261,7 +261,9 @@ class LedgerEntry(_message.Message):
     """Output only. Why the line was written."""
     reference: _builtins.str
     """Output only. The resource that caused it: "payments/...", "escrows/...",
-    "deposits/...", "withdrawals/...".
+    "deposits/...", "withdrawals/...", or, for a chain event with no resource
+    of its own, "exits/{transaction hash}-{log index}" (an emergency exit) or
+    "fee-payouts/{transaction hash}-{log index}".
     """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -303,9 +305,13 @@ class ListLedgerEntriesRequest(_message.Message):
     token: _builtins.str
     """Optional. Only this token."""
     page_size: _builtins.int
-    """Optional. How many to return, 1 to 1000; 100 when unset."""
+    """Optional. How many to return; 100 when unset, at most 1000 (a larger
+    value is read as 1000).
+    """
     page_token: _builtins.str
-    """Optional. The next_page_token of a previous call with the same filters."""
+    """Optional. The next_page_token of a previous call. Every other field but
+    page_size must be as in that call, or the call fails with INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,
@@ -442,7 +448,9 @@ class WithdrawRequest(_message.Message):
     destination: _builtins.str
     """Optional. The chain address to pay out to; the address itself when empty."""
     request_id: _builtins.str
-    """Optional but recommended. An idempotency key, at most 64 characters."""
+    """Optional but recommended. An idempotency key (a UUID): 1 to 64 printable
+    ASCII characters, no spaces.
+    """
     def __init__(
         self,
         *,

@@ -247,9 +247,13 @@ class ListApiKeysRequest(_message.Message):
     show_revoked: _builtins.bool
     """Optional. Include revoked and expired keys."""
     page_size: _builtins.int
-    """Optional. How many to return, 1 to 1000; 100 when unset."""
+    """Optional. How many to return; 100 when unset, at most 1000 (a larger
+    value is read as 1000).
+    """
     page_token: _builtins.str
-    """Optional. The next_page_token of a previous call with the same filters."""
+    """Optional. The next_page_token of a previous call. Every other field but
+    page_size must be as in that call, or the call fails with INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,

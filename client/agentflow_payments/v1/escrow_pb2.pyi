@@ -384,7 +384,9 @@ class CreateEscrowRequest(_message.Message):
     priority: _common_pb2.Priority.ValueType
     """Optional. The priority of its release payments; normal when unset."""
     request_id: _builtins.str
-    """Optional but recommended. An idempotency key, at most 64 characters."""
+    """Optional but recommended. An idempotency key (a UUID): 1 to 64 printable
+    ASCII characters, no spaces.
+    """
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
         """Optional. When the escrow expires; in the future and within the
@@ -511,9 +513,13 @@ class ListEscrowsRequest(_message.Message):
     status: Global___EscrowStatus.ValueType
     """Optional. Only escrows in this status."""
     page_size: _builtins.int
-    """Optional. How many to return, 1 to 1000; 100 when unset."""
+    """Optional. How many to return; 100 when unset, at most 1000 (a larger
+    value is read as 1000).
+    """
     page_token: _builtins.str
-    """Optional. The next_page_token of a previous call with the same filters."""
+    """Optional. The next_page_token of a previous call. Every other field but
+    page_size must be as in that call, or the call fails with INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,
@@ -576,7 +582,9 @@ class ReleaseEscrowRequest(_message.Message):
     whole held amount when empty.
     """
     request_id: _builtins.str
-    """Optional but recommended. An idempotency key, at most 64 characters."""
+    """Optional but recommended. An idempotency key (a UUID): 1 to 64 printable
+    ASCII characters, no spaces.
+    """
     def __init__(
         self,
         *,
@@ -636,7 +644,9 @@ class RefundEscrowRequest(_message.Message):
     reason: _builtins.str
     """Optional. Why it is refunded; at most 512 characters."""
     request_id: _builtins.str
-    """Optional but recommended. An idempotency key, at most 64 characters."""
+    """Optional but recommended. An idempotency key (a UUID): 1 to 64 printable
+    ASCII characters, no spaces.
+    """
     def __init__(
         self,
         *,
@@ -695,7 +705,9 @@ class DisputeEscrowRequest(_message.Message):
     left empty when the key is bound to exactly one of them.
     """
     request_id: _builtins.str
-    """Optional but recommended. An idempotency key, at most 64 characters."""
+    """Optional but recommended. An idempotency key (a UUID): 1 to 64 printable
+    ASCII characters, no spaces.
+    """
     def __init__(
         self,
         *,
@@ -758,7 +770,9 @@ class ResolveDisputeRequest(_message.Message):
     resolution_note: _builtins.str
     """Optional. The arbiter's note; at most 512 characters."""
     request_id: _builtins.str
-    """Optional but recommended. An idempotency key, at most 64 characters."""
+    """Optional but recommended. An idempotency key (a UUID): 1 to 64 printable
+    ASCII characters, no spaces.
+    """
     def __init__(
         self,
         *,
@@ -825,7 +839,9 @@ class SubmitTaskResultRequest(_message.Message):
     escrow id and the result hash.
     """
     request_id: _builtins.str
-    """Optional but recommended. An idempotency key, at most 64 characters."""
+    """Optional but recommended. An idempotency key (a UUID): 1 to 64 printable
+    ASCII characters, no spaces.
+    """
     def __init__(
         self,
         *,

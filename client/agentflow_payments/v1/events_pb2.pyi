@@ -264,9 +264,13 @@ class ListEventsRequest(_message.Message):
     start_after: _builtins.int
     """Optional. Start after this sequence number; 0 from the beginning."""
     page_size: _builtins.int
-    """Optional. How many to return, 1 to 1000; 100 when unset."""
+    """Optional. How many to return; 100 when unset, at most 1000 (a larger
+    value is read as 1000).
+    """
     page_token: _builtins.str
-    """Optional. The next_page_token of a previous call with the same filters."""
+    """Optional. The next_page_token of a previous call. Every other field but
+    page_size must be as in that call, or the call fails with INVALID_ARGUMENT.
+    """
     @_builtins.property
     def filter(self) -> Global___EventFilter:
         """Optional. Which events to list."""

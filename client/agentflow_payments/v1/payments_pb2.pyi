@@ -311,15 +311,15 @@ class SubmitPaymentRequest(_message.Message):
     memo: _builtins.str
     """Optional. A free-form note; at most 512 characters."""
     request_id: _builtins.str
-    """Optional but recommended. An idempotency key (a UUID, at most 64
-    characters). The same key with the same request returns the original
-    payment; with a different request, ALREADY_EXISTS with reason
-    IDEMPOTENCY_CONFLICT.
+    """Optional but recommended. An idempotency key (a UUID): 1 to 64 printable
+    ASCII characters, no spaces. Scoped by payer: the same key with the same
+    request returns the original payment; with a different request,
+    ALREADY_EXISTS with reason IDEMPOTENCY_CONFLICT.
     """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Optional. Key/value metadata; at most 16 entries, keys at most 64 and
-        values at most 256 characters.
+        """Optional. Key/value metadata; at most 16 entries, keys 1 to 64 characters
+        with no control characters, values at most 256 characters.
         """
 
     def __init__(
@@ -527,9 +527,13 @@ class ListPaymentsRequest(_message.Message):
     token: _builtins.str
     """Optional. Only payments in this token."""
     page_size: _builtins.int
-    """Optional. How many payments to return, 1 to 1000; 100 when unset."""
+    """Optional. How many payments to return; 100 when unset, at most 1000 (a
+    larger value is read as 1000).
+    """
     page_token: _builtins.str
-    """Optional. The next_page_token of a previous call with the same filters."""
+    """Optional. The next_page_token of a previous call. Every other field but
+    page_size must be as in that call, or the call fails with INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,

@@ -169,7 +169,9 @@ class CreateWebhookRequest(_message.Message):
     description: _builtins.str
     """Optional. A note for people, at most 256 characters."""
     request_id: _builtins.str
-    """Optional but recommended. An idempotency key, at most 64 characters."""
+    """Optional but recommended. An idempotency key (a UUID): 1 to 64 printable
+    ASCII characters, no spaces.
+    """
     @_builtins.property
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Optional. The event types to deliver ("payment.*" wildcards allowed); all
@@ -276,9 +278,13 @@ class ListWebhooksRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Optional. How many to return, 1 to 1000; 100 when unset."""
+    """Optional. How many to return; 100 when unset, at most 1000 (a larger
+    value is read as 1000).
+    """
     page_token: _builtins.str
-    """Optional. The next_page_token of a previous call."""
+    """Optional. The next_page_token of a previous call. Every other field but
+    page_size must be as in that call, or the call fails with INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,
@@ -666,9 +672,13 @@ class ListWebhookDeliveriesRequest(_message.Message):
     status: Global___WebhookDeliveryStatus.ValueType
     """Optional. Only deliveries in this status."""
     page_size: _builtins.int
-    """Optional. How many to return, 1 to 1000; 100 when unset."""
+    """Optional. How many to return; 100 when unset, at most 1000 (a larger
+    value is read as 1000).
+    """
     page_token: _builtins.str
-    """Optional. The next_page_token of a previous call with the same filters."""
+    """Optional. The next_page_token of a previous call. Every other field but
+    page_size must be as in that call, or the call fails with INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,

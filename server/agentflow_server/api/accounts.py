@@ -85,7 +85,7 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
         fields = Fields(self._tokens)
         token = fields.token("token", request.token) if request.token else None
         fields.page_size(request.page_size)
-        cursor = pagination.decode_token(request.page_token, 1)
+        cursor = pagination.decode_token(request, 1)
         if cursor is not None and not (isinstance(cursor[0], int) and cursor[0] >= 0):
             fields.add("page_token", "is not a token this server issued")
         address = self._readable_address(fields, request.address)
@@ -110,7 +110,7 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
             ]
         )
         if len(entries) > size:
-            response.next_page_token = pagination.encode_token([entries[size - 1].entry_id])
+            response.next_page_token = pagination.encode_token(request, [entries[size - 1].entry_id])
         return response
 
     async def Withdraw(self, request: accounts_pb2.WithdrawRequest, context: Context) -> accounts_pb2.WithdrawResponse:

@@ -141,7 +141,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListApiKeysRequest, context: Context
     ) -> admin_pb2.ListApiKeysResponse:
         size = pagination.page_size(request.page_size)
-        cursor = pagination.decode_token(request.page_token, 2)
+        cursor = pagination.decode_token(request, 2)
         before = None
         if cursor is not None:
             if not isinstance(cursor[0], int) or not isinstance(cursor[1], str):
@@ -152,7 +152,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         response = admin_pb2.ListApiKeysResponse(api_keys=[api_key_message(r) for r in records[:size]])
         if len(records) > size:
             last = records[size - 1]
-            response.next_page_token = pagination.encode_token([last.create_time_us, last.key_id])
+            response.next_page_token = pagination.encode_token(request, [last.create_time_us, last.key_id])
         return response
 
     async def RevokeApiKey(

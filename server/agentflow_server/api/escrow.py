@@ -150,7 +150,7 @@ class EscrowServicer(escrow_pb2_grpc.EscrowServiceServicer):
         task_id = fields.text("task_id", request.task_id, MAX_TASK_ID) or None
         status = fields.choice("status", request.status, EscrowStatus, None, "is not an EscrowStatus")
         fields.page_size(request.page_size)
-        before = fields.id_cursor(request.page_token, _ESCROW_ID)
+        before = fields.id_cursor(request, _ESCROW_ID)
         fields.check()
         size = pagination.page_size(request.page_size)
         principal = current_principal()
@@ -164,7 +164,7 @@ class EscrowServicer(escrow_pb2_grpc.EscrowServiceServicer):
         found = await self._reader.page(where, limit=size + 1, before=before)
         response = escrow_pb2.ListEscrowsResponse(escrows=[escrow_message(e) for e in found[:size]])
         if len(found) > size:
-            response.next_page_token = pagination.encode_token([found[size - 1].escrow_id])
+            response.next_page_token = pagination.encode_token(request, [found[size - 1].escrow_id])
         return response
 
     async def ReleaseEscrow(

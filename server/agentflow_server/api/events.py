@@ -159,7 +159,7 @@ class EventServicer:
         where = event_filter(self._tokens, request.filter)
         size = pagination.page_size(request.page_size)
         after = request.start_after
-        cursor = pagination.decode_token(request.page_token, 1)
+        cursor = pagination.decode_token(request, 1)
         if cursor is not None:
             if not isinstance(cursor[0], int) or cursor[0] < 0:
                 fields = Fields(self._tokens)
@@ -183,7 +183,7 @@ class EventServicer:
                 break
         response = events_pb2.ListEventsResponse(events=[event_message(e) for e in found])
         if more:
-            response.next_page_token = pagination.encode_token([after])
+            response.next_page_token = pagination.encode_token(request, [after])
         return response
 
 

@@ -152,7 +152,7 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
         token = listed.symbol if listed is not None else None
         status = fields.choice("status", request.status, PaymentStatus, None, "is not a PaymentStatus")
         fields.page_size(request.page_size)
-        before = fields.id_cursor(request.page_token, _PAYMENT_ID)
+        before = fields.id_cursor(request, _PAYMENT_ID)
         fields.check()
         size = pagination.page_size(request.page_size)
         where = PaymentFilter(
@@ -166,7 +166,7 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
         found = await self._reader.page(where, limit=size + 1, before=before)
         response = payments_pb2.ListPaymentsResponse(payments=[payment_message(p) for p in found[:size]])
         if len(found) > size:
-            response.next_page_token = pagination.encode_token([found[size - 1].payment_id])
+            response.next_page_token = pagination.encode_token(request, [found[size - 1].payment_id])
         return response
 
     async def CancelPayment(

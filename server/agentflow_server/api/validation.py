@@ -7,6 +7,8 @@ import re
 from collections.abc import Mapping
 from typing import TypeVar
 
+from google.protobuf.message import Message
+
 from agentflow_payments import FieldViolation, Reason
 
 from ..addresses import parse_address
@@ -125,10 +127,11 @@ class Fields:
             "must be PRIORITY_LOW, PRIORITY_NORMAL, PRIORITY_HIGH or PRIORITY_URGENT",
         )
 
-    def id_cursor(self, token: str, pattern: re.Pattern[str]) -> str | None:
-        """The resource id a page token carries (pages of resources by descending id); None on the first
-        page. A token this server did not issue is a violation of ``page_token``."""
-        cursor = decode_token(token, 1)
+    def id_cursor(self, request: Message, pattern: re.Pattern[str]) -> str | None:
+        """The resource id ``request.page_token`` carries (pages of resources by descending id); None on
+        the first page. A token this server did not issue, or issued for another request, is a violation
+        of ``page_token``."""
+        cursor = decode_token(request, 1)
         if cursor is None:
             return None
         if not (isinstance(cursor[0], str) and pattern.fullmatch(cursor[0])):

@@ -124,7 +124,7 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
     ) -> webhooks_pb2.ListWebhooksResponse:
         fields = self._fields()
         fields.page_size(request.page_size)
-        before = fields.id_cursor(request.page_token, _WEBHOOK_ID)
+        before = fields.id_cursor(request, _WEBHOOK_ID)
         fields.check()
         size = pagination.page_size(request.page_size)
         principal = current_principal()
@@ -135,7 +135,7 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
         ]
         response = webhooks_pb2.ListWebhooksResponse(webhooks=[self._message(e) for e in mine[:size]])
         if len(mine) > size:
-            response.next_page_token = _token(mine[size - 1].webhook_id)
+            response.next_page_token = pagination.encode_token(request, [mine[size - 1].webhook_id])
         return response
 
     async def UpdateWebhook(
@@ -238,14 +238,14 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
         webhook_id = resource_id(fields, "parent", request.parent, "webhooks", _WEBHOOK_ID)
         status = fields.choice("status", request.status, DeliveryStatus, None, "is not a WebhookDeliveryStatus")
         fields.page_size(request.page_size)
-        before = fields.id_cursor(request.page_token, _DELIVERY_ID)
+        before = fields.id_cursor(request, _DELIVERY_ID)
         fields.check()
         self._visible(webhook_id)
         size = pagination.page_size(request.page_size)
         found = await self._reader.deliveries(webhook_id, status, size + 1, before)
         response = webhooks_pb2.ListWebhookDeliveriesResponse(deliveries=[delivery_message(d) for d in found[:size]])
         if len(found) > size:
-            response.next_page_token = _token(found[size - 1].delivery_id)
+            response.next_page_token = pagination.encode_token(request, [found[size - 1].delivery_id])
         return response
 
     async def RetryWebhookDelivery(
@@ -262,7 +262,3 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
             extra={"event": "webhook.delivery_retried", "actor": current_principal().key_id, "delivery": delivery.name},
         )
         return webhooks_pb2.RetryWebhookDeliveryResponse(delivery=delivery_message(delivery))
-
-
-def _token(last_id: str) -> str:
-    return pagination.encode_token([last_id])

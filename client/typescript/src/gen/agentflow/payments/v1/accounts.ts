@@ -273,7 +273,9 @@ export interface LedgerEntry {
   kind: LedgerEntryKind;
   /**
    * Output only. The resource that caused it: "payments/...", "escrows/...",
-   * "deposits/...", "withdrawals/...".
+   * "deposits/...", "withdrawals/...", or, for a chain event with no resource
+   * of its own, "exits/{transaction hash}-{log index}" (an emergency exit) or
+   * "fee-payouts/{transaction hash}-{log index}".
    */
   reference: string;
   /** Output only. When it was written. */
@@ -286,9 +288,15 @@ export interface ListLedgerEntriesRequest {
   address: string;
   /** Optional. Only this token. */
   token: string;
-  /** Optional. How many to return, 1 to 1000; 100 when unset. */
+  /**
+   * Optional. How many to return; 100 when unset, at most 1000 (a larger
+   * value is read as 1000).
+   */
   pageSize: number;
-  /** Optional. The next_page_token of a previous call with the same filters. */
+  /**
+   * Optional. The next_page_token of a previous call. Every other field but
+   * page_size must be as in that call, or the call fails with INVALID_ARGUMENT.
+   */
   pageToken: string;
 }
 
@@ -343,7 +351,10 @@ export interface WithdrawRequest {
   amount: string;
   /** Optional. The chain address to pay out to; the address itself when empty. */
   destination: string;
-  /** Optional but recommended. An idempotency key, at most 64 characters. */
+  /**
+   * Optional but recommended. An idempotency key (a UUID): 1 to 64 printable
+   * ASCII characters, no spaces.
+   */
   requestId: string;
 }
 

@@ -310,7 +310,10 @@ export interface CreateEscrowRequest {
   priority: Priority;
   /** Optional. Key/value metadata, bounded as in SubmitPayment. */
   metadata: { [key: string]: string };
-  /** Optional but recommended. An idempotency key, at most 64 characters. */
+  /**
+   * Optional but recommended. An idempotency key (a UUID): 1 to 64 printable
+   * ASCII characters, no spaces.
+   */
   requestId: string;
 }
 
@@ -347,9 +350,15 @@ export interface ListEscrowsRequest {
   taskId: string;
   /** Optional. Only escrows in this status. */
   status: EscrowStatus;
-  /** Optional. How many to return, 1 to 1000; 100 when unset. */
+  /**
+   * Optional. How many to return; 100 when unset, at most 1000 (a larger
+   * value is read as 1000).
+   */
   pageSize: number;
-  /** Optional. The next_page_token of a previous call with the same filters. */
+  /**
+   * Optional. The next_page_token of a previous call. Every other field but
+   * page_size must be as in that call, or the call fails with INVALID_ARGUMENT.
+   */
   pageToken: string;
 }
 
@@ -370,7 +379,10 @@ export interface ReleaseEscrowRequest {
    * whole held amount when empty.
    */
   amount: string;
-  /** Optional but recommended. An idempotency key, at most 64 characters. */
+  /**
+   * Optional but recommended. An idempotency key (a UUID): 1 to 64 printable
+   * ASCII characters, no spaces.
+   */
   requestId: string;
 }
 
@@ -390,7 +402,10 @@ export interface RefundEscrowRequest {
   name: string;
   /** Optional. Why it is refunded; at most 512 characters. */
   reason: string;
-  /** Optional but recommended. An idempotency key, at most 64 characters. */
+  /**
+   * Optional but recommended. An idempotency key (a UUID): 1 to 64 printable
+   * ASCII characters, no spaces.
+   */
   requestId: string;
 }
 
@@ -411,7 +426,10 @@ export interface DisputeEscrowRequest {
    * left empty when the key is bound to exactly one of them.
    */
   raisedBy: string;
-  /** Optional but recommended. An idempotency key, at most 64 characters. */
+  /**
+   * Optional but recommended. An idempotency key (a UUID): 1 to 64 printable
+   * ASCII characters, no spaces.
+   */
   requestId: string;
 }
 
@@ -434,7 +452,10 @@ export interface ResolveDisputeRequest {
   payerAmount: string;
   /** Optional. The arbiter's note; at most 512 characters. */
   resolutionNote: string;
-  /** Optional but recommended. An idempotency key, at most 64 characters. */
+  /**
+   * Optional but recommended. An idempotency key (a UUID): 1 to 64 printable
+   * ASCII characters, no spaces.
+   */
   requestId: string;
 }
 
@@ -459,7 +480,10 @@ export interface SubmitTaskResultRequest {
    * escrow id and the result hash.
    */
   signature: string;
-  /** Optional but recommended. An idempotency key, at most 64 characters. */
+  /**
+   * Optional but recommended. An idempotency key (a UUID): 1 to 64 printable
+   * ASCII characters, no spaces.
+   */
   requestId: string;
 }
 

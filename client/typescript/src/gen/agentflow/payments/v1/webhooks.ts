@@ -175,7 +175,10 @@ export interface CreateWebhookRequest {
   secret: string;
   /** Optional. A note for people, at most 256 characters. */
   description: string;
-  /** Optional but recommended. An idempotency key, at most 64 characters. */
+  /**
+   * Optional but recommended. An idempotency key (a UUID): 1 to 64 printable
+   * ASCII characters, no spaces.
+   */
   requestId: string;
 }
 
@@ -203,9 +206,15 @@ export interface GetWebhookResponse {
 
 /** Request for WebhookService.ListWebhooks. */
 export interface ListWebhooksRequest {
-  /** Optional. How many to return, 1 to 1000; 100 when unset. */
+  /**
+   * Optional. How many to return; 100 when unset, at most 1000 (a larger
+   * value is read as 1000).
+   */
   pageSize: number;
-  /** Optional. The next_page_token of a previous call. */
+  /**
+   * Optional. The next_page_token of a previous call. Every other field but
+   * page_size must be as in that call, or the call fails with INVALID_ARGUMENT.
+   */
   pageToken: string;
 }
 
@@ -350,9 +359,15 @@ export interface ListWebhookDeliveriesRequest {
   parent: string;
   /** Optional. Only deliveries in this status. */
   status: WebhookDeliveryStatus;
-  /** Optional. How many to return, 1 to 1000; 100 when unset. */
+  /**
+   * Optional. How many to return; 100 when unset, at most 1000 (a larger
+   * value is read as 1000).
+   */
   pageSize: number;
-  /** Optional. The next_page_token of a previous call with the same filters. */
+  /**
+   * Optional. The next_page_token of a previous call. Every other field but
+   * page_size must be as in that call, or the call fails with INVALID_ARGUMENT.
+   */
   pageToken: string;
 }
 
