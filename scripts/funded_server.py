@@ -21,8 +21,9 @@ import sys
 from eth_utils.address import to_checksum_address
 
 from agentflow_server.app import Service, freeze_startup_heap
-from agentflow_server.config import load_settings
+from agentflow_server.config import Settings, load_settings
 from agentflow_server.engine.commands import CreditDeposit
+from agentflow_server.event_loop import run
 from agentflow_server.logs import configure_logging
 
 
@@ -31,7 +32,7 @@ def account(index: int) -> str:
     return str(to_checksum_address("0x" + hashlib.sha256(f"agentflow-account-{index}".encode()).hexdigest()[:40]))
 
 
-async def main() -> None:
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--listen", default="127.0.0.1:0")
@@ -51,6 +52,10 @@ async def main() -> None:
         settlement_enabled=False,
     )
     configure_logging("WARNING", "json")
+    run(serve_funded(settings, args, admin_key), settings.event_loop)
+
+
+async def serve_funded(settings: Settings, args: argparse.Namespace, admin_key: str) -> None:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(signum, stop.set)
@@ -90,5 +95,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()
     sys.exit(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from agentflow_payments import AsyncClient
 from agentflow_payments.v1 import admin_pb2
 from agentflow_server.app import Service
 from agentflow_server.config import Settings
+from agentflow_server.event_loop import new_event_loop
 
 if TYPE_CHECKING:
     from .chain import Anvil
@@ -22,6 +24,7 @@ ADMIN_KEY = "afk_test_admin_0123456789abcdefghijklmnopqrstuv"
 # Addresses from the EIP-55 specification's test vectors.
 ALICE = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
 BOB = "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359"
+DEFAULT_LOOP = Settings.model_fields["event_loop"].default
 
 
 @dataclass
@@ -58,6 +61,11 @@ def make_settings(data_dir: Path, **overrides: object) -> Settings:
 
 
 StartServer = Callable[..., Awaitable[RunningServer]]
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], object]]:
+    """Async tests, and the servers they start in-process, run on the loop `agentflow serve` runs on."""
+    return {DEFAULT_LOOP: functools.partial(new_event_loop, DEFAULT_LOOP)}
 
 
 @pytest.fixture

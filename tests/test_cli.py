@@ -199,6 +199,7 @@ async def test_serve_logs_json_and_keeps_keys_in_the_data_dir(tmp_path: Path) ->
             assert line, "agentflow serve exited early"
             started = json.loads(line)
         assert isinstance(started["grpc_port"], int)
+        assert started["event_loop"] == "uvloop"  # the default: AGENTFLOW_EVENT_LOOP
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 15) == 0
     finally:

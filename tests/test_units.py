@@ -16,6 +16,7 @@ from agentflow_server.api.status import to_grpc_status
 from agentflow_server.auth.rate_limit import RateLimiter
 from agentflow_server.config import load_settings
 from agentflow_server.errors import ApiError
+from agentflow_server.event_loop import new_event_loop, run, running_kind
 
 from .conftest import ALICE
 
@@ -361,3 +362,22 @@ def test_a_page_token_is_bound_to_every_field_but_page_size() -> None:
     for forged in ("x", "bm90IGEgdG9rZW4", token[:-4]):
         with pytest.raises(ApiError):
             pagination.decode_token(payments_pb2.ListPaymentsRequest(page_token=forged), 1)
+
+
+async def test_tests_run_on_the_loop_the_server_runs_on() -> None:
+    # conftest's pytest_asyncio_loop_factories: what passes here passed on the loop `agentflow serve` uses.
+    assert running_kind() == load_settings().event_loop == "uvloop"
+
+
+def test_the_event_loop_is_the_configured_kind() -> None:
+    assert run(_kind(), "uvloop") == "uvloop"
+    assert run(_kind(), "asyncio") == "asyncio"
+    loop = new_event_loop("asyncio")
+    try:
+        assert loop.run_until_complete(_kind()) == "asyncio"
+    finally:
+        loop.close()
+
+
+async def _kind() -> str:
+    return running_kind()

@@ -48,6 +48,7 @@ from .config import Settings
 from .engine.engine import Engine, EngineConfig
 from .engine.expiry import ExpiryTimer
 from .engine.fees import FeeSchedule
+from .event_loop import running_kind
 from .events import EventHub
 from .ledger import Database
 from .ledger.accounts import AccountReader
@@ -285,7 +286,12 @@ class Service:
         endpoints = Endpoints(grpc_port=port, metrics_port=metrics_port)
         log.info(
             "serving",
-            extra={"event": "server.started", "grpc_port": port, "metrics_port": metrics_port},
+            extra={
+                "event": "server.started",
+                "grpc_port": port,
+                "metrics_port": metrics_port,
+                "event_loop": running_kind(),
+            },
         )
         service = cls(
             settings,

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
         "process",
         description="where the engine commits: a process of its own (beside the gRPC front end) or a thread",
     )
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop", description="the server's event loop: uvloop (its machinery in C) or asyncio's own"
+    )
     fee_rate_bps: int = Field(30, ge=0, le=10_000, description="the base fee rate in basis points (30 is 0.3%)")
     min_fees: dict[str, int] = Field(
         default_factory=dict, description='minimum fee per token in base units, e.g. {"ETH": 1000000000000000}'

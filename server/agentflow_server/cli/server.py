@@ -186,11 +186,12 @@ def run(args: argparse.Namespace) -> int:
         return _healthcheck(settings, args.timeout)
 
     from ..app import StartupError, serve
+    from ..event_loop import run
     from ..logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
     try:
-        asyncio.run(serve(settings, on_started))
+        run(serve(settings, on_started), settings.event_loop)
     except StartupError as error:
         print(f"agentflow: {error}", file=sys.stderr)
         return EXIT_STARTUP
