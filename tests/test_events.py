@@ -18,6 +18,7 @@ from agentflow_payments import (
     Unavailable,
 )
 from agentflow_payments.v1 import admin_pb2, events_pb2, payments_pb2
+from agentflow_server.events.filter import EventFilter
 
 from .chain import Chain
 from .conftest import ADMIN_KEY, ALICE, BOB, CreateKey, RunningServer, StartServer
@@ -268,16 +269,33 @@ async def test_a_resume_within_the_recent_events_is_served_from_memory(
 
 async def test_streams_end_when_the_server_stops(start_server: StartServer) -> None:
     server = await start_server()
+    hub = server.service.hub
+    assert hub is not None
     async with server.client() as admin:
         stream = subscribe(admin, live_only=True)
         reading = asyncio.create_task(stream.__anext__())
-        await asyncio.sleep(0.2)
+        # (Not a fixed sleep: on a loaded machine the stream may take longer than that to connect.)
+        for _ in range(1000):
+            if hub.subscriber_count:
+                break
+            await asyncio.sleep(0.01)
+        assert hub.subscriber_count == 1
         stopping = asyncio.create_task(server.service.stop(grace=30))
         with pytest.raises(Unavailable) as caught:
             await asyncio.wait_for(reading, 5)
         assert caught.value.reason is Reason.SHUTTING_DOWN
         # The stream did not hold the server's 30 s of grace.
         await asyncio.wait_for(stopping, 5)
+
+
+async def test_a_stream_that_joins_while_the_server_stops_ends_at_once(server: RunningServer) -> None:
+    hub = server.service.hub
+    assert hub is not None
+    hub.shut_down()  # as Service.stop does, before it waits for the calls in flight
+    late = await hub.subscribe(EventFilter())
+    assert late.shutting_down
+    assert await asyncio.wait_for(late.next(None), 1) is None  # the stream ends instead of waiting
+    assert hub.subscriber_count == 0
 
 
 async def test_each_family_carries_its_resource(admin: AsyncClient, fund: Fund) -> None:

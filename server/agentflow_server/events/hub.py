@@ -83,6 +83,7 @@ class EventHub:
         self.max_backlog = max_backlog
         self._poll_interval = poll_interval
         self._subscriptions: set[Subscription] = set()
+        self._shut_down = False
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.head = 0
@@ -119,8 +120,15 @@ class EventHub:
                 await self._task
             self._task = None
 
+    @property
+    def subscriber_count(self) -> int:
+        """How many subscriptions are in."""
+        return len(self._subscriptions)
+
     def shut_down(self) -> None:
-        """End every subscription (the server is stopping; clients resume elsewhere or later)."""
+        """End every subscription, and every one that joins from now on (the server is stopping; clients
+        resume elsewhere or later)."""
+        self._shut_down = True
         for subscription in list(self._subscriptions):
             subscription.end()
         self._subscriptions.clear()
@@ -139,6 +147,11 @@ class EventHub:
                 self.head = self._recent_after = head
                 self._recent.clear()  # no longer the events just before the head
         subscription = Subscription(self, where, self.head, self.max_backlog)
+        if self._shut_down:
+            # A stream that was starting when the server began to stop: ended at once, so that it does not
+            # hold the server's grace period.
+            subscription.end()
+            return subscription
         self._subscriptions.add(subscription)
         return subscription
 
