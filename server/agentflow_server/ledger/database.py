@@ -144,11 +144,16 @@ class ThreadConnection:
                 raise
 
     async def close(self) -> None:
-        """Close the connection and stop the thread."""
-        await self.run(lambda connection: connection.close())
-        self._connection = None
+        """Close the connection (if one is open) and stop the thread."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
         self._executor.shutdown(wait=True)
         self._engine.dispose()
+
+    def _close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with storage_errors():
+                connection.close()
 
 
 @contextlib.contextmanager

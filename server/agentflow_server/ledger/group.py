@@ -202,7 +202,9 @@ def load_idempotency(
             c.key.in_([sa.bindparam(f"k{i}") for i in range(len(wanted))])
         )
         sql = _SELECT_IDEMPOTENCY[cache_key] = statement.compile(dialect=connection.dialect).string
-    result = connection.exec_driver_sql(sql, tuple(wanted))
+    # Positional (SQLite's qmark) or named (psycopg's pyformat) parameters, as the driver takes them.
+    parameters = tuple(wanted) if connection.dialect.positional else {f"k{i}": key for i, key in enumerate(wanted)}
+    result = connection.exec_driver_sql(sql, parameters)
     return {
         (scope, request_id): IdempotencyRecord(request_hash, resource, create_time_us)
         for scope, request_id, request_hash, resource, create_time_us in result
@@ -250,8 +252,9 @@ def _row_statement(dialect: str, name: str, keys: tuple[str, ...]) -> Any:
 @dataclass(frozen=True)
 class _Compiled:
     sql: str
-    # A row's parameters, in the statement's order.
-    row: Callable[[dict[str, Any]], tuple[Any, ...]]
+    # A row's parameters as the driver takes them: a tuple in the statement's order (SQLite's qmark), or a
+    # mapping by name (psycopg's pyformat).
+    row: Callable[[dict[str, Any]], tuple[Any, ...] | dict[str, Any]]
 
 
 _compiled: dict[tuple[str, str, tuple[str, ...]], _Compiled] = {}
@@ -264,14 +267,21 @@ def _statement(connection: Connection, name: str, keys: tuple[str, ...]) -> _Com
     found = _compiled.get(cache_key)
     if found is None:
         compiled = _row_statement(dialect.name, name, keys).compile(dialect=dialect)
-        order = [p.removeprefix("r_") for p in compiled.positiontup or ()]
-        assert sorted(order) == sorted(keys)
-        getter = operator.itemgetter(*order)
-        # itemgetter of one key returns the value itself, not a 1-tuple.
-        found = _compiled[cache_key] = _Compiled(
-            compiled.string, (lambda row: (getter(row),)) if len(order) == 1 else getter
-        )
+        found = _compiled[cache_key] = _Compiled(compiled.string, _row_parameters(compiled.positiontup, keys))
     return found
+
+
+def _row_parameters(
+    positions: list[str] | None, keys: tuple[str, ...]
+) -> Callable[[dict[str, Any]], tuple[Any, ...] | dict[str, Any]]:
+    """How a row becomes the parameters of its statement (whose parameters are named ``r_{key}``)."""
+    if positions is None:  # named parameters
+        return lambda row: {f"r_{key}": value for key, value in row.items()}
+    order = [p.removeprefix("r_") for p in positions]
+    assert sorted(order) == sorted(keys)
+    getter = operator.itemgetter(*order)
+    # itemgetter of one key returns the value itself, not a 1-tuple.
+    return (lambda row: (getter(row),)) if len(order) == 1 else getter
 
 
 def _execute_many(connection: Connection, name: str, rows: list[dict[str, Any]]) -> None:

@@ -14,9 +14,12 @@ new epoch), so nothing built on a failed group is ever written.
 The process is forked from a ``multiprocessing`` fork server (started once per server process, with this
 module preloaded), not from the server itself: forking a process that runs gRPC's threads is unsafe. It
 ignores SIGINT and SIGTERM, so a Ctrl-C or a service manager's SIGTERM to the whole group leaves the server
-to drain through it; it ends when its pipe closes, that is when the server stops or dies. On SQLite it holds
-an exclusive lock on ``<ledger>.writer-lock`` while it lives, and a new writer waits for it: a server
-restarted after a crash reads the ledger only once the old writer can no longer commit.
+to drain through it; it ends when its pipe closes, that is when the server stops or dies. While it lives it
+holds the ledger's writer lock, and a new writer waits for it: a server restarted after a crash reads the
+ledger only once the old writer can no longer commit, and a second server started on the same ledger waits
+instead of accepting payments against balances the first one holds. On SQLite the lock is an exclusive
+``flock`` of ``<ledger>.writer-lock``; on PostgreSQL a session advisory lock on a connection of its own,
+which the database releases when the session ends.
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ _DEPENDS_ON_FAILED = "not written: an earlier group it depends on failed to comm
 # What the writer process is called in `ps -o comm`, top and pgrep (Linux keeps 15 bytes).
 PROCESS_NAME = "ledger-writer"
 _PR_SET_NAME = 15
+# The PostgreSQL advisory lock of the ledger's writer (advisory locks are per database): any constant works,
+# so long as nothing else in the database takes it.
+_POSTGRES_WRITER_LOCK = 0x61666C6F77  # "aflow"
 
 
 class GroupWriter:
@@ -329,6 +335,11 @@ def _serve(
             lock = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.flock(lock, fcntl.LOCK_EX)
         with storage_errors():
+            if engine.dialect.name == "postgresql":
+                # Held until this process ends; committed at once, so the session holds no snapshot.
+                writer_lock = engine.connect()
+                writer_lock.exec_driver_sql(f"SELECT pg_advisory_lock({_POSTGRES_WRITER_LOCK})")
+                writer_lock.commit()
             connection = engine.connect()
             if engine.dialect.name == "sqlite":
                 _no_autocheckpoint(connection)

@@ -1,0 +1,151 @@
+"""The ledger and the batching engine on PostgreSQL: the same code as on SQLite, through a real server.
+
+Each test gets a new database on the PostgreSQL server ``./scripts/test`` found or started
+(``tests/postgres.py``). What is checked here is the acceptance path: payments, idempotency, balances, the
+journal, events, restarts and exact amounts. Settlement, escrow and webhooks are tested on SQLite only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import grpc
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from agentflow_payments import IdempotencyConflict, InsufficientBalance
+from agentflow_payments.v1 import accounts_pb2, events_pb2, payments_pb2
+from agentflow_server.ledger import Database
+from agentflow_server.ledger.writer import GroupWriter
+
+from .conftest import ALICE, BOB, RunningServer, StartServer
+from .postgres import fresh_database
+from .test_payments import CAROL, USDC, _funder, balance, pay
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture
+def start_on_postgres(postgres_url: str, start_server: StartServer) -> StartServer:
+    """Start servers on the test's database (stopped before it is dropped)."""
+
+    async def start(**overrides: object) -> RunningServer:
+        return await start_server(database_url=postgres_url, **overrides)
+
+    return start
+
+
+def rows(url: str, query: str) -> list[tuple[object, ...]]:
+    conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(conninfo) as connection:
+        return connection.execute(query).fetchall()
+
+
+@pytest.mark.parametrize("writer", ["process", "thread"])
+async def test_payments_on_postgres_are_accepted_replayed_refused_and_cancelled(
+    start_on_postgres: StartServer, postgres_url: str, writer: str
+) -> None:
+    server = await start_on_postgres(ledger_writer=writer)
+    fund = _funder(server)
+    await fund(ALICE, 100 * USDC)
+    async with server.client() as client:
+        first = (await client.payments.SubmitPayment(pay(request_id="r-1", task_id="t"))).payment
+        assert first.status == payments_pb2.PAYMENT_STATUS_QUEUED
+        assert (await client.payments.SubmitPayment(pay(request_id="r-1", task_id="t"))).payment == first
+        with pytest.raises(IdempotencyConflict):
+            await client.payments.SubmitPayment(pay(request_id="r-1", task_id="other"))
+        with pytest.raises(InsufficientBalance) as caught:
+            await client.payments.SubmitPayment(pay(amount=1000 * USDC))
+        assert caught.value.code is grpc.StatusCode.FAILED_PRECONDITION
+        bulk = await client.payments.SubmitPayments(
+            payments_pb2.SubmitPaymentsRequest(requests=[pay(USDC, payee=CAROL) for _ in range(10)])
+        )
+        made = [r.payment for r in bulk.results]
+        assert len({p.name for p in made}) == 10
+        assert {p.fee.batch_discount_bps for p in made} == {1000}  # ten accepted in one call
+        cancelled = (await client.payments.CancelPayment(payments_pb2.CancelPaymentRequest(name=first.name))).payment
+        assert cancelled.status == payments_pb2.PAYMENT_STATUS_CANCELLED
+
+        held = await balance(client, ALICE)
+        reserved = sum(int(p.amount) + int(p.fee.total) for p in made)
+        assert (int(held.available), int(held.reserved)) == (100 * USDC - reserved, reserved)
+        # The journal agrees with the balance, newest first across pages.
+        entries, token = [], ""
+        while True:
+            page = await client.accounts.ListLedgerEntries(
+                accounts_pb2.ListLedgerEntriesRequest(address=ALICE, page_size=4, page_token=token)
+            )
+            entries += page.entries
+            token = page.next_page_token
+            if not token:
+                break
+        assert [e.entry_id for e in entries] == sorted((e.entry_id for e in entries), reverse=True)
+        assert sum(int(e.delta) for e in entries) == int(held.total) == 100 * USDC
+        listed = await client.payments.ListPayments(payments_pb2.ListPaymentsRequest(payer=ALICE, page_size=100))
+        assert [p.name for p in listed.payments] == [p.name for p in reversed([first, *made])]
+        events = await client.events.ListEvents(events_pb2.ListEventsRequest(page_size=100))
+        assert [e.type for e in events.events].count("payment.queued") == 11
+        assert [e.sequence for e in events.events] == sorted(e.sequence for e in events.events)
+
+    # What the server said is what PostgreSQL holds.
+    assert rows(postgres_url, "SELECT count(*) FROM payments") == [(11,)]
+    assert rows(postgres_url, "SELECT count(*) FROM idempotency WHERE request_id = 'r-1'") == [(1,)]
+
+
+async def test_a_restart_on_postgres_rebuilds_the_queue_and_replays(start_on_postgres: StartServer) -> None:
+    first = await start_on_postgres()
+    await _funder(first)(ALICE, 100 * USDC)
+    async with first.client() as client:
+        kept = (await client.payments.SubmitPayment(pay(request_id="r1"))).payment
+        await client.payments.SubmitPayment(pay())
+    await first.service.stop(grace=0)
+
+    second = await start_on_postgres()
+    assert len(second.service.engine.queues["USDC"]) == 2
+    async with second.client() as client:
+        assert (await balance(client, ALICE)).reserved == str(2 * 10_030_000)
+        assert (await client.payments.SubmitPayment(pay(request_id="r1"))).payment == kept
+        await client.payments.CancelPayment(payments_pb2.CancelPaymentRequest(name=kept.name))
+    assert len(second.service.engine.queues["USDC"]) == 1
+
+
+async def test_amounts_up_to_2_256_are_exact_on_postgres(start_on_postgres: StartServer, postgres_url: str) -> None:
+    most = 2**256 - 1
+    server = await start_on_postgres()
+    await _funder(server)(BOB, most, "WETH")
+    async with server.client() as client:
+        payment = (await client.payments.SubmitPayment(pay(2**255, payer=BOB, payee=ALICE, token="WETH"))).payment
+        assert payment.amount == str(2**255)
+    await server.service.stop(grace=0)
+
+    again = await start_on_postgres()  # balances read back from the database
+    async with again.client() as client:
+        held = await balance(client, BOB, "WETH")
+        fee = int(payment.fee.total)
+        assert (int(held.available), int(held.reserved), int(held.total)) == (most - 2**255 - fee, 2**255 + fee, most)
+    assert rows(postgres_url, "SELECT amount::text FROM payments") == [(str(2**255),)]
+
+
+async def test_a_second_writer_on_the_same_database_waits_until_the_first_is_gone(postgres_url: str) -> None:
+    """As on SQLite (test_writer): two servers on one database would each accept payments against the
+    balances they hold in memory, so the second waits for the first's writer lock."""
+    database = await Database.open(postgres_url)
+    first = GroupWriter(database.url, "first-writer", in_process=True)
+    second = GroupWriter(database.url, "second-writer", in_process=True)
+    try:
+        await first.start()
+        starting = asyncio.create_task(second.start())
+        await asyncio.sleep(1.0)
+        assert not starting.done()
+        await first.close()
+        await asyncio.wait_for(starting, 10)
+        assert second.pid is not None
+    finally:
+        await second.close()
+        await database.close()
