@@ -93,6 +93,19 @@ async def start_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Async
         await service.stop(grace=0)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """Each ledger database in turn: None (SQLite in the server's data dir) or a new PostgreSQL database.
+    Request it before ``start_server``, so that its servers stop before the database is dropped."""
+    if request.param == "sqlite":
+        yield None
+        return
+    from .postgres import fresh_database
+
+    with fresh_database() as url:
+        yield url
+
+
 @pytest.fixture
 async def server(start_server: StartServer) -> RunningServer:
     """One running server with the bootstrap admin key ``ADMIN_KEY``."""

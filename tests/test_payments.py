@@ -473,14 +473,14 @@ async def test_list_tokens(admin: AsyncClient) -> None:
     assert [b.token for b in every.balances] == [t.symbol for t in response.tokens]
 
 
-async def test_state_survives_a_restart(start_server: StartServer) -> None:
-    first = await start_server()
+async def test_state_survives_a_restart(ledger_url: str | None, start_server: StartServer) -> None:
+    first = await start_server(database_url=ledger_url)
     await _funder(first)(ALICE, 100 * USDC)
     async with first.client() as client:
         kept = (await client.payments.SubmitPayment(pay(request_id="r1"))).payment
         await client.payments.SubmitPayment(pay())
     await first.service.stop(grace=0)
-    second = await start_server()
+    second = await start_server(database_url=ledger_url)
     assert len(second.service.engine.queues["USDC"]) == 2
     async with second.client() as client:
         assert (await balance(client, ALICE)).reserved == str(2 * 10_030_000)

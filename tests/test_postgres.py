@@ -2,12 +2,12 @@
 
 Each test gets a new database on the PostgreSQL server ``./scripts/test`` found or started
 (``tests/postgres.py``). What is checked here is the acceptance path: payments, idempotency, balances, the
-journal, events, restarts and exact amounts. Settlement, escrow and webhooks are tested on SQLite only.
+journal, events and exact amounts; a restart on either database is ``test_payments``'s, the writer's lock
+on either ``test_writer``'s. Settlement, escrow and webhooks are tested on SQLite only.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 
 import grpc
@@ -17,8 +17,6 @@ from sqlalchemy.engine import make_url
 
 from agentflow_payments import IdempotencyConflict, InsufficientBalance
 from agentflow_payments.v1 import accounts_pb2, events_pb2, payments_pb2
-from agentflow_server.ledger import Database
-from agentflow_server.ledger.writer import GroupWriter
 
 from .conftest import ALICE, BOB, RunningServer, StartServer
 from .postgres import fresh_database
@@ -98,23 +96,6 @@ async def test_payments_on_postgres_are_accepted_replayed_refused_and_cancelled(
     assert rows(postgres_url, "SELECT count(*) FROM idempotency WHERE request_id = 'r-1'") == [(1,)]
 
 
-async def test_a_restart_on_postgres_rebuilds_the_queue_and_replays(start_on_postgres: StartServer) -> None:
-    first = await start_on_postgres()
-    await _funder(first)(ALICE, 100 * USDC)
-    async with first.client() as client:
-        kept = (await client.payments.SubmitPayment(pay(request_id="r1"))).payment
-        await client.payments.SubmitPayment(pay())
-    await first.service.stop(grace=0)
-
-    second = await start_on_postgres()
-    assert len(second.service.engine.queues["USDC"]) == 2
-    async with second.client() as client:
-        assert (await balance(client, ALICE)).reserved == str(2 * 10_030_000)
-        assert (await client.payments.SubmitPayment(pay(request_id="r1"))).payment == kept
-        await client.payments.CancelPayment(payments_pb2.CancelPaymentRequest(name=kept.name))
-    assert len(second.service.engine.queues["USDC"]) == 1
-
-
 async def test_amounts_up_to_2_256_are_exact_on_postgres(start_on_postgres: StartServer, postgres_url: str) -> None:
     most = 2**256 - 1
     server = await start_on_postgres()
@@ -130,22 +111,3 @@ async def test_amounts_up_to_2_256_are_exact_on_postgres(start_on_postgres: Star
         fee = int(payment.fee.total)
         assert (int(held.available), int(held.reserved), int(held.total)) == (most - 2**255 - fee, 2**255 + fee, most)
     assert rows(postgres_url, "SELECT amount::text FROM payments") == [(str(2**255),)]
-
-
-async def test_a_second_writer_on_the_same_database_waits_until_the_first_is_gone(postgres_url: str) -> None:
-    """As on SQLite (test_writer): two servers on one database would each accept payments against the
-    balances they hold in memory, so the second waits for the first's writer lock."""
-    database = await Database.open(postgres_url)
-    first = GroupWriter(database.url, "first-writer", in_process=True)
-    second = GroupWriter(database.url, "second-writer", in_process=True)
-    try:
-        await first.start()
-        starting = asyncio.create_task(second.start())
-        await asyncio.sleep(1.0)
-        assert not starting.done()
-        await first.close()
-        await asyncio.wait_for(starting, 10)
-        assert second.pid is not None
-    finally:
-        await second.close()
-        await database.close()

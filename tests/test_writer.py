@@ -4,6 +4,7 @@ service manager sends the whole group, and fails closed when it is lost."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -22,6 +23,7 @@ from agentflow_server.ledger import Database, StorageError
 from agentflow_server.ledger.writer import PROCESS_NAME, GroupWriter
 
 from .conftest import ALICE, StartServer
+from .postgres import fresh_database
 from .test_crash import _gone
 from .test_payments import USDC, _funder, pay
 
@@ -119,10 +121,22 @@ async def test_a_lost_writer_fails_writes_closed_and_a_restart_recovers(
     _ledger_adds_up(tmp_path / "data" / "agentflow.db")
 
 
-async def test_a_new_writer_waits_until_the_old_one_is_gone(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_a_new_writer_waits_until_the_old_one_is_gone(tmp_path: Path, backend: str) -> None:
     """A server restarted while its predecessor's writer still lives reads the ledger only after that writer
-    can no longer commit (the writer's lock)."""
-    database = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
+    can no longer commit (the writer's lock: a lock file on SQLite, an advisory lock on PostgreSQL). Two
+    servers on one ledger would otherwise each accept payments against the balances they hold in memory."""
+    with contextlib.ExitStack() as stack:
+        url = (
+            f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
+            if backend == "sqlite"
+            else stack.enter_context(fresh_database())
+        )
+        await _new_writer_waits(url)
+
+
+async def _new_writer_waits(url: str) -> None:
+    database = await Database.open(url)
     old = GroupWriter(database.url, "old-writer", in_process=True)
     new = GroupWriter(database.url, "new-writer", in_process=True)
     try:
