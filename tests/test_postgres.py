@@ -8,6 +8,7 @@ on either ``test_writer``'s. Settlement, escrow and webhooks are tested on SQLit
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import grpc
@@ -17,9 +18,14 @@ from sqlalchemy.engine import make_url
 
 from agentflow_payments import IdempotencyConflict, InsufficientBalance
 from agentflow_payments.v1 import accounts_pb2, events_pb2, payments_pb2
+from agentflow_server.engine.engine import Engine, EngineConfig
+from agentflow_server.engine.model import Payment
+from agentflow_server.ledger import Database, StorageError
+from agentflow_server.ledger.writer import GroupWriter
 
 from .conftest import ALICE, BOB, RunningServer, StartServer
 from .postgres import fresh_database
+from .test_engine import TOKENS, deposit, submit
 from .test_payments import CAROL, USDC, _funder, balance, pay
 
 
@@ -39,10 +45,18 @@ def start_on_postgres(postgres_url: str, start_server: StartServer) -> StartServ
     return start
 
 
+def _connect(url: str) -> psycopg.Connection[tuple[object, ...]]:
+    return psycopg.connect(make_url(url).set(drivername="postgresql").render_as_string(hide_password=False))
+
+
 def rows(url: str, query: str) -> list[tuple[object, ...]]:
-    conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(conninfo) as connection:
+    with _connect(url) as connection:
         return connection.execute(query).fetchall()
+
+
+def execute(url: str, statement: str) -> None:
+    with _connect(url) as connection:
+        connection.execute(statement)
 
 
 @pytest.mark.parametrize("writer", ["process", "thread"])
@@ -111,3 +125,64 @@ async def test_amounts_up_to_2_256_are_exact_on_postgres(start_on_postgres: Star
         fee = int(payment.fee.total)
         assert (int(held.available), int(held.reserved), int(held.total)) == (most - 2**255 - fee, 2**255 + fee, most)
     assert rows(postgres_url, "SELECT amount::text FROM payments") == [(str(2**255),)]
+
+
+async def test_a_writer_that_loses_its_lock_writes_nothing_more(postgres_url: str) -> None:
+    """On PostgreSQL the writer's lock belongs to the session that writes. When that session is gone (the
+    database restarted, an administrator ended it), another server may take the ledger at once, so the
+    writer ends rather than go on writing under a new session; the server then refuses writes until it is
+    restarted and has read the ledger again, as for any lost writer."""
+    database = await Database.open(postgres_url)
+    engine = Engine(database, TOKENS, EngineConfig())
+    lost: list[str] = []
+    engine.add_writer_lost_listener(lost.append)
+    await engine.start()
+    second = GroupWriter(database.url, "second-writer", in_process=True)
+    try:
+        await engine.execute(deposit(ALICE, 10**9, tx=1))
+        starting = asyncio.create_task(second.start())
+        await asyncio.sleep(0.5)
+        assert not starting.done()
+        ended = "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        assert rows(postgres_url, ended) == [(True,)]
+        await asyncio.wait_for(starting, 10)  # the second writer holds the ledger now
+        for tx in (2, 3):
+            with pytest.raises(StorageError):
+                await engine.execute(deposit(ALICE, 10**9, tx=tx))
+        for _ in range(100):
+            if lost:
+                break
+            await asyncio.sleep(0.1)
+        assert lost
+    finally:
+        await second.close()
+        await engine.stop()
+        await database.close()
+    assert rows(postgres_url, "SELECT count(*) FROM transfers") == [(1,)]
+
+
+async def test_a_failed_commit_keeps_the_writers_session_and_lock(postgres_url: str) -> None:
+    """A group that fails to commit is rolled back on the same session (a new one would not hold the writer's
+    lock), and the groups after it commit once the cause is gone."""
+    database = await Database.open(postgres_url)
+    engine = Engine(database, TOKENS, EngineConfig())
+    lost: list[str] = []
+    engine.add_writer_lost_listener(lost.append)
+    await engine.start()
+    try:
+        await engine.execute(deposit(ALICE, 10**12))
+        execute(postgres_url, "ALTER TABLE events RENAME TO events_away")
+        failed = await asyncio.gather(
+            *(engine.execute(submit(request_id=f"r{i}")) for i in range(50)), return_exceptions=True
+        )
+        assert all(isinstance(r, StorageError) for r in failed)
+        execute(postgres_url, "ALTER TABLE events_away RENAME TO events")
+        accepted = await asyncio.gather(*(engine.execute(submit(request_id=f"r{i}")) for i in range(50)))
+        assert len({p.payment_id for p in accepted if isinstance(p, Payment)}) == 50
+        assert not lost
+        held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        assert rows(postgres_url, held) == [(1,)]
+    finally:
+        await engine.stop()
+        await database.close()
+    assert rows(postgres_url, "SELECT count(*) FROM payments") == [(50,)]

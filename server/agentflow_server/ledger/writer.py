@@ -18,8 +18,9 @@ to drain through it; it ends when its pipe closes, that is when the server stops
 holds the ledger's writer lock, and a new writer waits for it: a server restarted after a crash reads the
 ledger only once the old writer can no longer commit, and a second server started on the same ledger waits
 instead of accepting payments against balances the first one holds. On SQLite the lock is an exclusive
-``flock`` of ``<ledger>.writer-lock``; on PostgreSQL a session advisory lock on a connection of its own,
-which the database releases when the session ends.
+``flock`` of ``<ledger>.writer-lock``; on PostgreSQL a session advisory lock, taken by the connection that
+writes and released by the database when that session ends. If that session
+is lost, so is the lock, and the process ends rather than write under a new session without it.
 """
 
 from __future__ import annotations
@@ -328,6 +329,7 @@ def _serve(
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _name_process(PROCESS_NAME)
     engine = sync_engine(make_url(url))
+    postgres = engine.dialect.name == "postgresql"
     connection: Connection | None = None
     try:
         if lock_path is not None:
@@ -335,12 +337,12 @@ def _serve(
             lock = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.flock(lock, fcntl.LOCK_EX)
         with storage_errors():
-            if engine.dialect.name == "postgresql":
-                # Held until this process ends; committed at once, so the session holds no snapshot.
-                writer_lock = engine.connect()
-                writer_lock.exec_driver_sql(f"SELECT pg_advisory_lock({_POSTGRES_WRITER_LOCK})")
-                writer_lock.commit()
             connection = engine.connect()
+            if postgres:
+                # The lock is taken by the session that writes, so every write is made under it; committed
+                # at once, so that the session holds no snapshot meanwhile.
+                connection.exec_driver_sql(f"SELECT pg_advisory_lock({_POSTGRES_WRITER_LOCK})")
+                connection.commit()
             if engine.dialect.name == "sqlite":
                 _no_autocheckpoint(connection)
     except Exception as error:
@@ -371,12 +373,28 @@ def _serve(
             reply = _OK
         except Exception as error:
             failed_epoch = epoch
-            # Like the writer thread: nothing of the group is committed, and the next one gets a new connection.
             reply = pickle.dumps(str(error) or type(error).__name__)
-            if connection is not None:
-                with contextlib.suppress(Exception):
-                    connection.close()
-            connection = None
+            if postgres and connection is not None:
+                # The session holds the writer lock, so it is kept; if it is gone, so is the lock, and
+                # another server may have taken the ledger since: this process ends, and the server refuses
+                # writes until it is restarted and has read the ledger again (as for any lost writer).
+                # (SQLAlchemy invalidates a connection whose session dropped, and would quietly open a new
+                # session for the next group.)
+                try:
+                    connection.rollback()
+                    session_lost = connection.invalidated
+                except Exception:
+                    session_lost = True
+                if session_lost:
+                    answers.send_bytes(reply)
+                    break
+            else:
+                # Like the writer thread: nothing of the group is committed, and the next one gets a new
+                # connection.
+                if connection is not None:
+                    with contextlib.suppress(Exception):
+                        connection.close()
+                connection = None
         answers.send_bytes(reply)
     if connection is not None:
         connection.close()
