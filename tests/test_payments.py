@@ -7,12 +7,12 @@ import datetime
 import json
 import random
 import secrets
-import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
 import pytest
+import sqlalchemy as sa
 
 from agentflow_payments import (
     AlreadyExists,
@@ -36,6 +36,13 @@ CAROL = "0xdbF03B407c01E7cD3CBea99509d93f8DDDC8C6FB"
 USDC = 10**6
 
 Fund = Callable[..., Awaitable[None]]
+
+
+@pytest.fixture
+async def server(ledger_url: str | None, start_server: StartServer) -> RunningServer:
+    """This module's server, on each ledger database in turn (SQLite, then PostgreSQL): the rules of
+    acceptance hold on both."""
+    return await start_server(database_url=ledger_url)
 
 
 @pytest.fixture
@@ -108,9 +115,11 @@ async def test_small_payments_pay_the_minimum_fee(admin: AsyncClient, fund: Fund
     assert response.payment.fee.base == str(10**15)
 
 
-def _events(server: RunningServer) -> list[tuple[int, str, str]]:
-    with sqlite3.connect(server.settings.data_dir / "agentflow.db") as db:
-        return list(db.execute("SELECT sequence, type, resource FROM events ORDER BY sequence"))
+async def _events(server: RunningServer) -> list[tuple[int, str, str]]:
+    """The event log as stored, on either database."""
+    async with server.service.database.connect() as connection:
+        result = await connection.execute(sa.text("SELECT sequence, type, resource FROM events ORDER BY sequence"))
+        return [(sequence, type_, resource) for sequence, type_, resource in result]
 
 
 async def test_acceptance_writes_created_and_queued_events_in_order(
@@ -118,7 +127,7 @@ async def test_acceptance_writes_created_and_queued_events_in_order(
 ) -> None:
     await fund(ALICE, 100 * USDC)
     name = (await admin.payments.SubmitPayment(pay())).payment.name
-    events = _events(server)
+    events = await _events(server)
     assert [e[1] for e in events] == ["deposit.confirmed", "payment.created", "payment.queued"]
     assert [e[0] for e in events] == sorted({e[0] for e in events})
     assert events[1][2] == events[2][2] == name
@@ -171,7 +180,7 @@ async def test_each_invalid_field_is_named_and_changes_nothing(
     assert await balance(admin, ALICE) == before
     listed = await admin.payments.ListPayments(payments_pb2.ListPaymentsRequest())
     assert list(listed.payments) == []
-    assert [e[1] for e in _events(server)] == ["deposit.confirmed"]
+    assert [e[1] for e in await _events(server)] == ["deposit.confirmed"]
 
 
 async def test_every_invalid_field_is_named_at_once(admin: AsyncClient) -> None:
@@ -189,7 +198,7 @@ async def test_insufficient_balance_changes_nothing(server: RunningServer, admin
     assert caught.value.code is grpc.StatusCode.FAILED_PRECONDITION
     assert caught.value.metadata == {"available": "10000000", "required": "10030000", "fee": "30000"}
     assert await balance(admin, ALICE) == before
-    assert [e[1] for e in _events(server)] == ["deposit.confirmed"]
+    assert [e[1] for e in await _events(server)] == ["deposit.confirmed"]
     with pytest.raises(InsufficientBalance):
         await admin.payments.SubmitPayment(pay(payer=CAROL))  # never deposited
 
@@ -259,7 +268,7 @@ async def test_cancel_returns_the_reservation_once(server: RunningServer, admin:
         await admin.payments.CancelPayment(payments_pb2.CancelPaymentRequest(name=payment.name))
     assert again.value.reason is Reason.PAYMENT_NOT_CANCELLABLE
     assert again.value.metadata["status"] == "PAYMENT_STATUS_CANCELLED"
-    assert [e[1] for e in _events(server)][-1] == "payment.cancelled"
+    assert [e[1] for e in await _events(server)][-1] == "payment.cancelled"
     with pytest.raises(NotFound) as unknown:
         await admin.payments.CancelPayment(payments_pb2.CancelPaymentRequest(name="payments/" + "0" * 22))
     assert unknown.value.reason is Reason.PAYMENT_NOT_FOUND
