@@ -28,6 +28,10 @@ def _host_port(value: str, setting: str) -> str:
     return value
 
 
+EventLoopKind = Literal["uvloop", "asyncio"]
+"""The server's event loop (``event_loop.py``)."""
+
+
 class Settings(BaseSettings):
     """The server's settings. See the configuration table in the README."""
 
@@ -65,7 +69,7 @@ class Settings(BaseSettings):
         "process",
         description="where the engine commits: a process of its own (beside the gRPC front end) or a thread",
     )
-    event_loop: Literal["uvloop", "asyncio"] = Field(
+    event_loop: EventLoopKind = Field(
         "uvloop", description="the server's event loop: uvloop (its machinery in C) or asyncio's own"
     )
     fee_rate_bps: int = Field(30, ge=0, le=10_000, description="the base fee rate in basis points (30 is 0.3%)")

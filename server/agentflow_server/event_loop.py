@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import uvloop
 
-EventLoopKind = Literal["uvloop", "asyncio"]
+from .config import EventLoopKind
+
 T = TypeVar("T")
 
 
