@@ -9,6 +9,7 @@ import os
 import signal
 import sqlite3
 import sys
+import threading
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from agentflow_payments import Reason, Unavailable
 from agentflow_payments.v1 import payments_pb2
 from agentflow_server.app import LEDGER_HEALTH
 from agentflow_server.ledger import Database, StorageError
+from agentflow_server.ledger.group import GroupWrite
 from agentflow_server.ledger.writer import PROCESS_NAME, GroupWriter
 
 from .conftest import ALICE, StartServer
@@ -237,3 +239,62 @@ async def test_a_group_that_does_not_pickle_fails_alone(start_server: StartServe
     async with server.client() as client:
         payment = (await client.payments.SubmitPayment(pay())).payment
     assert payment.status == payments_pb2.PAYMENT_STATUS_QUEUED
+
+
+def _large_group(tag: str, rows: int = 6000) -> GroupWrite:
+    """A group that pickles to about 1.4 MB: more than the writer's pipe holds (it asks Linux for 1 MiB)."""
+    group = GroupWrite(time_us=1)
+    group.chain_state = {f"{tag}-{i}": "x" * 200 for i in range(rows)}
+    return group
+
+
+async def test_groups_larger_than_the_pipe_go_in_parts_and_are_answered_in_order(tmp_path: Path) -> None:
+    """The event loop hands groups to the writer process without blocking and without threads of its own:
+    what the pipe cannot take yet waits until it drains, several groups may be on their way at once, and
+    each is answered after its own commit, in the order they were sent."""
+    path = tmp_path / "ledger.db"
+    database = await Database.open(f"sqlite+aiosqlite:///{path}")
+    writer = GroupWriter(database.url, "big-writer", in_process=True)
+    await writer.start()
+    answered: list[int] = []
+
+    async def commit(index: int) -> None:
+        await writer.commit(_large_group(f"g{index}"), epoch=0)
+        answered.append(index)
+
+    try:
+        await asyncio.gather(*(commit(index) for index in range(4)))
+        assert [t.name for t in threading.enumerate() if t.name.startswith("big-writer")] == []
+    finally:
+        await writer.close()
+        await database.close()
+    assert answered == [0, 1, 2, 3]
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*), sum(length(value)) FROM chain_state").fetchone() == (24_000, 24_000 * 200)
+
+
+async def test_a_writer_lost_while_groups_are_half_sent_fails_them_all(tmp_path: Path) -> None:
+    """Killed while the loop still holds parts of groups the pipe had no room for: every group waiting fails
+    (none is acknowledged), the loss is reported once, and later groups are refused at once."""
+    database = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
+    lost: list[str] = []
+    writer = GroupWriter(database.url, "writer", in_process=True, on_lost=lost.append)
+    await writer.start()
+    pid = writer.pid
+    assert pid is not None
+    try:
+        os.kill(pid, signal.SIGSTOP)  # it reads nothing more: the pipe fills and the rest waits with us
+        commits = [asyncio.create_task(writer.commit(_large_group(f"g{index}"), epoch=0)) for index in range(3)]
+        await asyncio.sleep(0.2)
+        assert not any(commit.done() for commit in commits)
+        os.kill(pid, signal.SIGKILL)
+        results = await asyncio.wait_for(asyncio.gather(*commits, return_exceptions=True), 10)
+        assert all(isinstance(result, StorageError) for result in results), results
+        await asyncio.sleep(0)  # the loss is reported through the loop
+        assert len(lost) == 1
+        assert "restart the server" in lost[0]
+        with pytest.raises(StorageError, match="restart the server"):
+            await writer.commit(GroupWrite(time_us=2), epoch=1)
+    finally:
+        await writer.close()
+        await database.close()
