@@ -270,6 +270,45 @@ async def test_the_payments_of_one_call_are_applied_in_one_group_and_priced_toge
     assert alone.fee.batch_discount_bps == 0
 
 
+async def test_small_reads_are_made_on_the_loop_and_large_ones_on_the_readers_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group that looks up a few rows (here its request ids) reads them on the event loop itself, on
+    SQLite: the hand-off to the reader's thread cost more than such a read. A group that looks up many
+    reads on the thread, beside the loop. Either way a request id used before is found."""
+    database = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
+    engine = Engine(database, TOKENS, EngineConfig(max_queue_size=100_000))
+    await engine.start()
+    on_thread: list[object] = []
+    reader = engine._reader
+    thread_run = reader.run
+
+    async def counted(work: Any) -> Any:
+        on_thread.append(work)
+        return await thread_run(work)
+
+    monkeypatch.setattr(reader, "run", counted)
+    try:
+        await engine.execute(deposit(ALICE, 10**12))
+        first = await engine.execute(submit(request_id="once"))
+        replayed = await engine.execute(submit(request_id="once"))
+        assert isinstance(first, Payment)
+        assert isinstance(replayed, Payment)
+        assert replayed.payment_id == first.payment_id
+        assert on_thread == []
+        many = await engine.submit_payments([submit(request_id=f"r{i}") for i in range(17)])
+        assert len(on_thread) == 1
+        again = await engine.submit_payments([submit(request_id=f"r{i}") for i in range(17)])
+        assert [p.payment_id for p in again if isinstance(p, Payment)] == [
+            p.payment_id for p in many if isinstance(p, Payment)
+        ]
+    finally:
+        await engine.stop()
+        await database.close()
+    # PostgreSQL's every read is a round trip over the network: always on the thread.
+    assert Database("postgresql+psycopg://agentflow@127.0.0.1/test").local_connection() is None
+
+
 async def test_only_a_group_worth_it_is_applied_while_another_commits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

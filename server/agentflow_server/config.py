@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     )
     group_max_size: int = Field(1000, ge=1, le=100_000, description="most commands the engine commits at once")
     group_max_wait_ms: float = Field(
-        0.5, ge=0, le=1000, description="how long a commit group waits for more commands after its first"
+        0.0, ge=0, le=1000, description="how long a commit group waits for more commands after its first"
     )
     group_pipeline_depth: int = Field(
         2, ge=1, le=8, description="engine groups committing at once; above 1 the next is applied meanwhile"

@@ -107,6 +107,9 @@ from .queue import QueuePolicy, SettlementQueue
 from .volume import WINDOW_DAYS, VolumeWindow, day_of
 
 log = logging.getLogger("agentflow.engine")
+# The most rows a group may look up on the event loop itself (SQLite): up to this many the read costs less than
+# the hand-off to the reader's thread; above it the thread reads while the loop serves calls.
+_LOCAL_READ_MOST = 16
 
 Result = Payment | Deposit | Batch | Escrow | EscrowOutcome | None
 
@@ -116,9 +119,10 @@ class EngineConfig:
     """The engine's knobs."""
 
     max_group_size: int = 1000
-    # Seconds a group may wait for more commands after the first; commands that arrive while a group
-    # commits join the next one anyway, so this only matters at low load.
-    max_group_wait: float = 0.0005
+    # Seconds a group may wait for more commands after the first. Commands that arrive while a group commits
+    # join the next one anyway, so by default a group takes what is waiting and goes: waiting longer left
+    # the writer idle meanwhile, and cost SubmitPayment latency and throughput alike (decision 0004).
+    max_group_wait: float = 0.0
     max_queue_size: int = 10_000
     fee_schedule: FeeSchedule = field(default_factory=FeeSchedule)
     queue_policy: QueuePolicy = field(default_factory=QueuePolicy)
@@ -219,6 +223,8 @@ class Engine:
             database.url, "agentflow-ledger-writer", in_process=self.config.writer_process, on_lost=self._writer_lost
         )
         self._reader = database.thread_connection("agentflow-ledger-reader")
+        # Small reads on the loop itself (SQLite only): cheaper than the hand-off to the reader's thread.
+        self._local_reader = database.local_connection()
         self._checkpointer: ThreadConnection | None = None
         self._checkpoints: asyncio.Task[None] | None = None
         # Groups applied in memory whose commit has not been confirmed yet, oldest first: the next group is
@@ -322,6 +328,8 @@ class Engine:
         self._task = None
         await self._writer.close()
         await self._reader.close()
+        if self._local_reader is not None:
+            self._local_reader.close()
         if self._checkpoints is not None:
             self._checkpoints.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -689,7 +697,13 @@ class Engine:
                 escrow_ids=escrow_ids - escrows.keys(),
                 known_escrows=set(escrows),
             )
-            loaded_records, loaded_payments, balances, loaded_escrows = await self._reader.run(read)
+            # (An exit reads all its account's queued payments, however many: on the thread.)
+            rows = len(to_read) + len(payment_ids) + len(missing) + len(escrow_ids)
+            if self._local_reader is not None and not queued_of and rows <= _LOCAL_READ_MOST:
+                loaded = self._local_reader.run(read)
+            else:
+                loaded = await self._reader.run(read)
+            loaded_records, loaded_payments, balances, loaded_escrows = loaded
             records.update(loaded_records)
             # A payment an in-flight group changed is newer in memory than in the database.
             payments.update({pid: inflight.get(pid, payment) for pid, payment in loaded_payments.items()})
