@@ -298,3 +298,66 @@ async def test_a_writer_lost_while_groups_are_half_sent_fails_them_all(tmp_path:
     finally:
         await writer.close()
         await database.close()
+
+
+def _file_size(path: Path) -> int:
+    return path.stat().st_size
+
+
+async def _wal_sizes(path: Path, in_process: bool, limit: int) -> list[int]:
+    """The WAL's size after each of 40 groups written back to back, with no other checkpointer."""
+    database = await Database.open(f"sqlite+aiosqlite:///{path}")
+    writer = GroupWriter(database.url, "writer", in_process=in_process, wal_limit=limit)
+    await writer.start()
+    wal = Path(f"{path}-wal")
+    sizes = []
+    try:
+        for index in range(40):
+            await writer.commit(_large_group(f"g{index}", rows=500), epoch=0)
+            sizes.append(_file_size(wal))
+    finally:
+        await writer.close()
+        await database.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM chain_state").fetchone() == (40 * 500,)
+    return sizes
+
+
+@pytest.mark.parametrize("in_process", [True, False], ids=["process", "thread"])
+async def test_the_wal_stays_within_its_limit_under_writes_that_never_pause(tmp_path: Path, in_process: bool) -> None:
+    """SQLite writes its WAL from the start again only when a write begins after a checkpoint has copied all
+    of it, so under writes that never pause it grew with every group. Past its limit the writer checkpoints
+    and starts it again, and the file is cut back to the limit; nothing written is lost."""
+    limit = 1 << 20
+    bounded = await _wal_sizes(tmp_path / "bounded.db", in_process, limit)
+    assert max(bounded) < 1.25 * limit
+    assert bounded[-1] <= 1.25 * limit
+    # The same groups under a limit they never reach: the WAL holds all of them.
+    unbounded = await _wal_sizes(tmp_path / "unbounded.db", in_process, 1 << 30)
+    assert unbounded[-1] > 4 * limit
+
+
+def test_a_checkpoint_that_fails_leaves_the_commit_standing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The writer checkpoints after a group has committed: if the checkpoint fails, the group still stands
+    (it is not answered as failed, which would undo it in the engine's memory only), and a warning says so."""
+    from agentflow_server.ledger.database import sync_engine
+    from agentflow_server.ledger.wal import WalLimit
+
+    path = tmp_path / "ledger.db"
+    engine = sync_engine(make_url(f"sqlite:///{path}"))
+    with engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
+        connection.exec_driver_sql("CREATE TABLE t (v TEXT)")
+        connection.commit()
+        wal = WalLimit(str(path), limit=4096)
+        wal.start(connection)
+        connection.exec_driver_sql("INSERT INTO t VALUES (?)", [("x" * 10_000,)])
+        connection.commit()
+        # A write still open on the connection: SQLite refuses to checkpoint ("database table is locked").
+        connection.exec_driver_sql("INSERT INTO t VALUES ('open')")
+        with caplog.at_level("WARNING", logger="agentflow_server.ledger.wal"):
+            wal.after_commit(connection)
+        assert "could not be checkpointed" in caplog.text
+        connection.rollback()
+        assert connection.exec_driver_sql("SELECT count(*) FROM t").scalar() == 1
+    engine.dispose()

@@ -181,6 +181,7 @@ class Service:
                 max_inflight=settings.group_pipeline_depth,
                 pipeline_min_commands=settings.group_pipeline_min,
                 writer_process=settings.ledger_writer == "process",
+                wal_limit=settings.sqlite_wal_limit_mb << 20,
                 fee_schedule=fee_schedule,
                 escrow_default_expiry=datetime.timedelta(seconds=settings.escrow_default_expiry),
             ),

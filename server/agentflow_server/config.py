@@ -65,6 +65,12 @@ class Settings(BaseSettings):
         le=100_000,
         description="commands waiting for a group to start while another commits; fewer wait for it",
     )
+    sqlite_wal_limit_mb: int = Field(
+        1024,
+        ge=1,
+        le=1 << 20,
+        description="SQLite: past this size the ledger's WAL is checkpointed and written from its start again",
+    )
     ledger_writer: Literal["process", "thread"] = Field(
         "process",
         description="where the engine commits: a process of its own (beside the gRPC front end) or a thread",

@@ -141,6 +141,8 @@ class EngineConfig:
     writer_process: bool = True
     # Seconds between WAL checkpoints (SQLite).
     checkpoint_interval: float = 0.5
+    # Bytes the WAL may grow to before the writer checkpoints it and starts it again (SQLite; ledger.wal).
+    wal_limit: int = 1 << 30
 
 
 @dataclass(eq=False)
@@ -220,7 +222,11 @@ class Engine:
         self._task: asyncio.Task[None] | None = None
         self._accepting = False
         self._writer = GroupWriter(
-            database.url, "agentflow-ledger-writer", in_process=self.config.writer_process, on_lost=self._writer_lost
+            database.url,
+            "agentflow-ledger-writer",
+            in_process=self.config.writer_process,
+            on_lost=self._writer_lost,
+            wal_limit=self.config.wal_limit,
         )
         self._reader = database.thread_connection("agentflow-ledger-reader")
         # Small reads on the loop itself (SQLite only): cheaper than the hand-off to the reader's thread.

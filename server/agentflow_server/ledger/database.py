@@ -117,16 +117,24 @@ def sync_engine(url: URL) -> Engine:
 
 class _HeldConnection:
     """One connection, opened on first use and replaced after a driver error; driver errors become
-    :class:`StorageError`. Used from one thread only."""
+    :class:`StorageError`. Used from one thread only. ``on_connect`` sets up each connection it opens."""
 
-    def __init__(self, url: URL) -> None:
+    def __init__(self, url: URL, on_connect: Callable[[Connection], None] | None = None) -> None:
         self._engine = sync_engine(url)
+        self._on_connect = on_connect
         self._connection: Connection | None = None
 
     def _run(self, work: Callable[[Connection], T]) -> T:
         with storage_errors():
             if self._connection is None:
-                self._connection = self._engine.connect()
+                connection = self._engine.connect()
+                if self._on_connect is not None:
+                    try:
+                        self._on_connect(connection)
+                    except BaseException:
+                        connection.close()
+                        raise
+                self._connection = connection
             try:
                 return work(self._connection)
             except BaseException:
@@ -154,8 +162,8 @@ class ThreadConnection(_HeldConnection):
     both databases.
     """
 
-    def __init__(self, url: URL, thread_name: str) -> None:
-        super().__init__(url)
+    def __init__(self, url: URL, thread_name: str, on_connect: Callable[[Connection], None] | None = None) -> None:
+        super().__init__(url, on_connect)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
 
     async def run(self, work: Callable[[Connection], T]) -> T:

@@ -31,6 +31,7 @@ import collections
 import contextlib
 import ctypes
 import fcntl
+import functools
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -47,6 +48,7 @@ from sqlalchemy.engine import URL, Connection, make_url
 
 from .database import StorageError, ThreadConnection, storage_errors, sync_engine
 from .group import GroupWrite, RecordWrite, TableRows, group_rows, write_group, write_rows
+from .wal import WalLimit
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +73,28 @@ class GroupWriter:
 
     ``in_process``: the connection lives in a writer process (see the module's docstring); otherwise on a
     thread of this process, taking turns with the event loop for the GIL. ``on_lost`` is called on the
-    event loop, with the reason, if the writer process is lost: nothing is written after that.
+    event loop, with the reason, if the writer process is lost: nothing is written after that. On SQLite the
+    WAL is restarted once it has grown past ``wal_limit`` bytes (:class:`~agentflow_server.ledger.wal.WalLimit`).
     """
 
-    def __init__(self, url: URL, name: str, *, in_process: bool, on_lost: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        url: URL,
+        name: str,
+        *,
+        in_process: bool,
+        on_lost: Callable[[str], None] | None = None,
+        wal_limit: int = 1 << 30,
+    ) -> None:
         self._url = url
         self._name = name
         self._on_lost = on_lost
-        self._thread: ThreadConnection | None = None if in_process else ThreadConnection(url, name)
+        self._wal_limit = wal_limit
+        # On the thread (SQLite): bounds the WAL, as the writer process does (ledger.wal).
+        self._wal = _wal_limit(url, wal_limit) if not in_process else None
+        self._thread: ThreadConnection | None = (
+            None if in_process else ThreadConnection(url, name, on_connect=functools.partial(_set_up, self._wal))
+        )
         self._process: _WriterProcess | None = None
         self._in_process = in_process
         self._failed_epoch = -1
@@ -91,11 +107,11 @@ class GroupWriter:
     async def start(self) -> None:
         """Start the writer process (waiting for an older one's lock), or set up the thread's connection."""
         if self._in_process:
-            process = _WriterProcess(self._url, self._name, asyncio.get_running_loop(), self._on_lost)
+            process = _WriterProcess(self._url, self._name, asyncio.get_running_loop(), self._on_lost, self._wal_limit)
             await process.start()
             self._process = process
-        elif self._thread is not None and self._url.get_backend_name() == "sqlite":
-            await self._thread.run(_no_autocheckpoint)
+        elif self._thread is not None:
+            await self._thread.run(lambda connection: None)  # connects, and sets the connection up
 
     async def commit(self, group: GroupWrite, epoch: int) -> None:
         """Write a sealed group's rows and commit them; return once they are durable.
@@ -125,6 +141,8 @@ class GroupWriter:
         except BaseException:
             self._failed_epoch = max(self._failed_epoch, epoch)
             raise
+        if self._wal is not None:
+            self._wal.after_commit(connection)
 
     async def close(self) -> None:
         """Stop the writer; call it once every commit has returned."""
@@ -152,10 +170,14 @@ def _main_module_not_inherited() -> Iterator[None]:
         sys.modules["__main__"] = main
 
 
-def _no_autocheckpoint(connection: Connection) -> None:
-    # Checkpoints copy the WAL back into the database file; done by the committing connection they stall a
-    # commit for tens of milliseconds now and then. The engine's checkpointer does them instead.
-    connection.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
+def _set_up(wal: WalLimit | None, connection: Connection) -> None:
+    """Set up a writing connection (each one: after a failed group the next gets a new connection)."""
+    if wal is not None:
+        # Checkpoints copy the WAL back into the database file; done by the committing connection whenever
+        # the WAL reaches 1,000 pages they stalled a commit for tens of milliseconds now and then. The engine's
+        # checkpointer does them beside the writer, and the writer only past the WAL's limit.
+        connection.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
+        wal.start(connection)
 
 
 class _WriterProcess:
@@ -172,12 +194,14 @@ class _WriterProcess:
         url: URL,
         name: str,
         loop: asyncio.AbstractEventLoop,
-        on_lost: Callable[[str], None] | None = None,
+        on_lost: Callable[[str], None] | None,
+        wal_limit: int,
     ) -> None:
         self._url = url
         self._name = name
         self._loop = loop
         self._on_lost = on_lost
+        self._wal_limit = wal_limit
         self._child: multiprocessing.process.BaseProcess | None = None
         # Our ends of the two pipes, while they are open.
         self._to_child: int | None = None
@@ -224,7 +248,7 @@ class _WriterProcess:
         from_child, answers = context.Pipe(duplex=False)
         child = context.Process(
             target=_serve,
-            args=(self._url.render_as_string(hide_password=False), lock, commands, answers),
+            args=(self._url.render_as_string(hide_password=False), lock, self._wal_limit, commands, answers),
             name=self._name,
         )
         with _main_module_not_inherited():
@@ -431,6 +455,7 @@ def _read_exactly(fd: int, size: int) -> bytes | None:
 def _serve(
     url: str,
     lock_path: str | None,
+    wal_limit: int,
     commands: multiprocessing.connection.Connection,
     answers: multiprocessing.connection.Connection,
 ) -> None:
@@ -441,6 +466,7 @@ def _serve(
     _name_process(PROCESS_NAME)
     engine = sync_engine(make_url(url))
     postgres = engine.dialect.name == "postgresql"
+    wal = _wal_limit(engine.url, wal_limit)
     connection: Connection | None = None
     try:
         if lock_path is not None:
@@ -454,8 +480,7 @@ def _serve(
                 # at once, so that the session holds no snapshot meanwhile.
                 connection.exec_driver_sql(f"SELECT pg_advisory_lock({_POSTGRES_WRITER_LOCK})")
                 connection.commit()
-            if engine.dialect.name == "sqlite":
-                _no_autocheckpoint(connection)
+            _set_up(wal, connection)
     except Exception as error:
         write_frame(answers_fd, pickle.dumps(str(error)))
         return
@@ -482,7 +507,8 @@ def _serve(
         try:
             if connection is None:
                 connection = engine.connect()
-            _commit(connection, tables, records)
+                _set_up(wal, connection)
+            _commit(connection, tables, records, wal)
             reply = _OK
         except Exception as error:
             failed_epoch = epoch
@@ -521,7 +547,16 @@ def _name_process(name: str) -> None:
             ctypes.CDLL(None).prctl(_PR_SET_NAME, name.encode(), 0, 0, 0)
 
 
-def _commit(connection: Connection, tables: TableRows, records: Iterable[RecordWrite]) -> None:
+def _commit(connection: Connection, tables: TableRows, records: Iterable[RecordWrite], wal: WalLimit | None) -> None:
     with storage_errors():
         write_rows(connection, tables, records)
         connection.commit()
+    if wal is not None:
+        wal.after_commit(connection)
+
+
+def _wal_limit(url: URL, limit: int) -> WalLimit | None:
+    """What bounds the WAL of this ledger: nothing unless it is an SQLite file."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return WalLimit(url.database, limit)
