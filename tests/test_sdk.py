@@ -26,6 +26,7 @@ from agentflow_payments import (
     Page,
     PaymentNotCancellable,
     PermissionDenied,
+    RateLimited,
     Reason,
     RetryConfig,
     ScopeDenied,
@@ -359,6 +360,34 @@ async def test_an_api_key_without_rate_limits_takes_the_server_defaults(admin: A
     revoked = await admin.revoke_api_key(created.api_key.name)
     assert revoked.HasField("revoke_time")
     assert [k.name for k in (await admin.list_api_keys()).items if k.name == created.api_key.name] == []
+
+
+async def test_a_rate_limited_call_is_made_again_after_the_delay_the_server_asks(
+    server: RunningServer, admin: AsyncClient, fund: Fund
+) -> None:
+    """RATE_LIMIT_EXCEEDED refuses a call before it does anything, and RetryInfo says when the key may call
+    again: the SDK waits that long and calls again (streams are opened again), when the delay is within the
+    retry policy's longest pause. With retries off, or a longer delay, the caller gets RateLimited."""
+    await fund(ALICE, 100 * USDC)
+    payment = await admin.submit_payment(ALICE, BOB, "USDC", USDC)
+    # Two calls a second, one at a time: each call after the first waits about half a second.
+    created = await admin.create_api_key("slow", "read_only", requests_per_minute=120, burst=1)
+    async with AsyncClient(server.target, created.secret, timeout=5) as client:
+        started = time.monotonic()
+        for _ in range(3):
+            assert (await client.list_tokens()).tokens
+        assert time.monotonic() - started >= 0.8
+        async for watched in client.watch_payment(payment.name):
+            assert watched.name == payment.name
+            break
+    await asyncio.sleep(0.6)
+    for retry in (RetryConfig(max_attempts=1), RetryConfig(max_backoff=0.1)):
+        async with AsyncClient(server.target, created.secret, timeout=5, retry=retry) as client:
+            await asyncio.sleep(0.6)
+            await client.list_tokens()
+            with pytest.raises(RateLimited) as refused:
+                await client.list_tokens()
+            assert refused.value.retry_delay is not None
 
 
 async def test_streams_raise_when_no_server_is_ever_reached() -> None:

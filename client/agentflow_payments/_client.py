@@ -21,7 +21,7 @@ from grpc.aio import ClientCallDetails
 from . import _convert as convert
 from ._convert import Amount, EnumValue, Page, When
 from ._exceptions import AgentflowError, Cancelled, SubscriberTooSlow, Unavailable, from_item_error, from_rpc_error
-from ._retry import NO_RETRY, RetryConfig, with_retries
+from ._retry import NO_RETRY, WAIT_AND_RETRY, RetryConfig, wait_asked, with_retries
 from .v1 import (
     accounts_pb2,
     accounts_pb2_grpc,
@@ -737,7 +737,8 @@ class AsyncClient:
         after the last event it yielded: no event is skipped or yielded twice. A server that cannot be
         reached at all raises ``Unavailable`` after the retry policy's ``max_attempts``. Heartbeats are
         consumed here; an idle heartbeat moves the cursor to the log's head, so a resume does not replay
-        what the filter passed over. Other errors (a bad filter, a key that may not) are raised.
+        what the filter passed over. A rate limit is waited out as ``retry`` allows (see :class:`RetryConfig`).
+        Other errors (a bad filter, a key that may not) are raised.
         """
         if filter is None:
             filter = _event_filter(types, address, task_id, resource)
@@ -769,6 +770,13 @@ class AsyncClient:
                 reached = reached or asyncio.get_running_loop().time() - opened > 1.0
                 if not reached and failures >= self._retry.max_attempts:
                     raise
+            except WAIT_AND_RETRY as error:
+                # The key's rate limit: opened again once the server says it may be.
+                waited = wait_asked(error, self._retry)
+                if waited is None:
+                    raise
+                await asyncio.sleep(waited)
+                continue
             await asyncio.sleep(pause)
             pause = min(max_backoff, pause * 2)
 
@@ -777,8 +785,9 @@ class AsyncClient:
 
         When the stream breaks it reconnects with growing pauses up to ``max_backoff`` seconds; the server
         sends the current state again, which is yielded only if it changed. A server that cannot be reached
-        before the first state raises ``Unavailable`` after the retry policy's ``max_attempts``. Other
-        errors (NOT_FOUND, a key that may not see it) are raised.
+        before the first state raises ``Unavailable`` after the retry policy's ``max_attempts``. A rate limit
+        is waited out as the retry policy allows. Other errors (NOT_FOUND, a key that may not see it) are
+        raised.
         """
         last: payments_pb2.Payment | None = None
         pause = 0.1
@@ -799,6 +808,13 @@ class AsyncClient:
                 # is reconnected to for as long as the caller iterates.
                 if last is None and failures >= self._retry.max_attempts:
                     raise
+            except WAIT_AND_RETRY as error:
+                # The key's rate limit: opened again once the server says it may be.
+                waited = wait_asked(error, self._retry)
+                if waited is None:
+                    raise
+                await asyncio.sleep(waited)
+                continue
             await asyncio.sleep(pause)
             pause = min(max_backoff, pause * 2)
 

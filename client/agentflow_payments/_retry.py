@@ -6,8 +6,11 @@ from its idempotency record the second time. Only UNAVAILABLE (the server could
 not be reached, or the connection broke), DEADLINE_EXCEEDED (one attempt took
 longer than its deadline) and CANCELLED from the other end (an overloaded
 server's gRPC core sheds calls it cannot hand to the application in time with
-CANCELLED, before they run) are retried; every other error is the answer. A
-call the caller cancels raises ``asyncio.CancelledError`` and is not retried.
+CANCELLED, before they run) are retried, and RATE_LIMIT_EXCEEDED and QUEUE_FULL
+(refused before anything was done) when the server's RetryInfo delay is no longer
+than the config's longest pause: the call is made again after that delay. Every
+other error is the answer. A call the caller cancels raises
+``asyncio.CancelledError`` and is not retried.
 
 The loop is ours rather than gRPC's service-config retry policy because gRPC
 retries within one overall deadline and never retries DEADLINE_EXCEEDED, while
@@ -23,11 +26,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ._exceptions import Cancelled, DeadlineExceeded, Unavailable
+from ._exceptions import Cancelled, DeadlineExceeded, QueueFull, RateLimited, Unavailable
 
 T = TypeVar("T")
 
 RETRYABLE = (Unavailable, DeadlineExceeded, Cancelled)
+# Refused before anything was done, with the server's word on when to come back.
+WAIT_AND_RETRY = (RateLimited, QueueFull)
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,8 @@ class RetryConfig:
 
     Attempt ``n`` (from 1) waits a random time up to ``min(max_backoff, initial_backoff * multiplier**(n-1))``
     seconds before the next ("full jitter", so many clients cut off at once do not return at once).
+    After RATE_LIMIT_EXCEEDED or QUEUE_FULL it waits the server's RetryInfo delay instead, and gives up at once
+    when that is longer than ``max_backoff``.
 
     Attributes:
         max_attempts: attempts in all, the first included; 1 turns retries off.
@@ -67,7 +74,8 @@ NO_RETRY = RetryConfig(max_attempts=1)
 
 async def with_retries(config: RetryConfig, attempt: Callable[[], Awaitable[T]]) -> T:
     """The result of ``attempt()``, called again after UNAVAILABLE, DEADLINE_EXCEEDED or CANCELLED as
-    ``config`` allows; the last error is raised when the attempts run out."""
+    ``config`` allows, and after RATE_LIMIT_EXCEEDED or QUEUE_FULL once their RetryInfo delay has passed, if
+    it is at most ``config.max_backoff``; the last error is raised when the attempts run out."""
     number = 1
     while True:
         try:
@@ -75,5 +83,23 @@ async def with_retries(config: RetryConfig, attempt: Callable[[], Awaitable[T]])
         except RETRYABLE:
             if number >= config.max_attempts:
                 raise
-        await asyncio.sleep(config.pause(number))
+            pause = config.pause(number)
+        except WAIT_AND_RETRY as error:
+            waited = wait_asked(error, config)
+            if number >= config.max_attempts or waited is None:
+                raise
+            pause = waited
+        await asyncio.sleep(pause)
         number += 1
+
+
+def wait_asked(error: RateLimited | QueueFull, config: RetryConfig) -> float | None:
+    """How long to wait before trying again after ``error``: the server's RetryInfo delay and a random part
+    of up to ``config.initial_backoff`` (so that clients refused together do not all return in the same
+    instant); None, to give up, when the server named no delay or one longer than ``config.max_backoff``."""
+    if error.retry_delay is None:
+        return None
+    delay = error.retry_delay.total_seconds()
+    if delay > config.max_backoff:
+        return None
+    return delay + random.uniform(0, config.initial_backoff)
