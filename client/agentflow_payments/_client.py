@@ -21,7 +21,7 @@ from grpc.aio import ClientCallDetails
 from . import _convert as convert
 from ._convert import Amount, EnumValue, Page, When
 from ._exceptions import AgentflowError, Cancelled, SubscriberTooSlow, Unavailable, from_item_error, from_rpc_error
-from ._retry import NO_RETRY, WAIT_AND_RETRY, RetryConfig, wait_asked, with_retries
+from ._retry import NO_RETRY, WAIT_AND_RETRY, RetryConfig, wait_out, with_retries
 from .v1 import (
     accounts_pb2,
     accounts_pb2_grpc,
@@ -771,11 +771,7 @@ class AsyncClient:
                 if not reached and failures >= self._retry.max_attempts:
                     raise
             except WAIT_AND_RETRY as error:
-                # The key's rate limit: opened again once the server says it may be.
-                waited = wait_asked(error, self._retry)
-                if waited is None:
-                    raise
-                await asyncio.sleep(waited)
+                await wait_out(error, self._retry)  # the key's rate limit: opened again when the server says
                 continue
             await asyncio.sleep(pause)
             pause = min(max_backoff, pause * 2)
@@ -809,11 +805,7 @@ class AsyncClient:
                 if last is None and failures >= self._retry.max_attempts:
                     raise
             except WAIT_AND_RETRY as error:
-                # The key's rate limit: opened again once the server says it may be.
-                waited = wait_asked(error, self._retry)
-                if waited is None:
-                    raise
-                await asyncio.sleep(waited)
+                await wait_out(error, self._retry)  # the key's rate limit: opened again when the server says
                 continue
             await asyncio.sleep(pause)
             pause = min(max_backoff, pause * 2)

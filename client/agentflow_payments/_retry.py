@@ -83,23 +83,18 @@ async def with_retries(config: RetryConfig, attempt: Callable[[], Awaitable[T]])
         except RETRYABLE:
             if number >= config.max_attempts:
                 raise
-            pause = config.pause(number)
+            await asyncio.sleep(config.pause(number))
         except WAIT_AND_RETRY as error:
-            waited = wait_asked(error, config)
-            if number >= config.max_attempts or waited is None:
+            if number >= config.max_attempts:
                 raise
-            pause = waited
-        await asyncio.sleep(pause)
+            await wait_out(error, config)
         number += 1
 
 
-def wait_asked(error: RateLimited | QueueFull, config: RetryConfig) -> float | None:
-    """How long to wait before trying again after ``error``: the server's RetryInfo delay and a random part
-    of up to ``config.initial_backoff`` (so that clients refused together do not all return in the same
-    instant); None, to give up, when the server named no delay or one longer than ``config.max_backoff``."""
-    if error.retry_delay is None:
-        return None
-    delay = error.retry_delay.total_seconds()
-    if delay > config.max_backoff:
-        return None
-    return delay + random.uniform(0, config.initial_backoff)
+async def wait_out(error: RateLimited | QueueFull, config: RetryConfig) -> None:
+    """Wait the server's RetryInfo delay for ``error`` and a random part of up to ``config.initial_backoff`` (so
+    that clients refused together do not all return in the same instant); raise ``error`` instead when the
+    server named no delay or one longer than ``config.max_backoff``."""
+    if error.retry_delay is None or error.retry_delay.total_seconds() > config.max_backoff:
+        raise error
+    await asyncio.sleep(error.retry_delay.total_seconds() + random.uniform(0, config.initial_backoff))
