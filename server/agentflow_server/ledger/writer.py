@@ -273,8 +273,12 @@ class _WriterProcess:
             if reply != _READY:
                 raise StorageError(f"the ledger writer process could not open the ledger: {pickle.loads(reply)}")
         except BaseException:
-            self._stop_writing()
-            self._stop_reading()
+            # Off the loop, and nothing of the loop's is set up yet: the descriptors are only closed.
+            for fd in (self._to_child, self._from_child):
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            self._to_child = self._from_child = None
             self._join(0)
             raise
 
