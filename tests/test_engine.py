@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from agentflow_payments import Reason
 from agentflow_server.engine.commands import (
@@ -23,6 +25,7 @@ from agentflow_server.engine.engine import Engine, EngineConfig
 from agentflow_server.engine.model import CHAIN, FEES, Balance, Batch, Deposit, Payment, PaymentStatus, Priority
 from agentflow_server.errors import ApiError
 from agentflow_server.ledger import Database, StorageError
+from agentflow_server.ledger.database import LocalConnection, WouldWait
 from agentflow_server.ledger.payments import load_payments
 from agentflow_server.ledger.writer import GroupWriter
 from agentflow_server.tokens import TokenRegistry
@@ -447,3 +450,32 @@ async def test_escrow_steps_in_pipelined_groups_see_each_other(
         balance.reserved,
         0,
     )
+
+
+def test_a_read_on_the_loop_never_waits_for_a_lock(tmp_path: Path) -> None:
+    """Where SQLite would have a reader wait (here another connection holds the database in exclusive locking
+    mode; in the server, a recovery), a read on the event loop does not block it for the 5 s other connections
+    wait: it raises WouldWait at once, and the engine then reads on its thread, which may wait."""
+    path = tmp_path / "ledger.db"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE t (v INTEGER)")
+    db.close()
+    holder = sqlite3.connect(path)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    local = LocalConnection(make_url(f"sqlite:///{path}"))
+
+    def count(connection: Any) -> int:
+        return int(connection.exec_driver_sql("SELECT count(*) FROM t").scalar())
+
+    try:
+        started = time.monotonic()
+        with pytest.raises(WouldWait):
+            local.run(count)
+        assert time.monotonic() - started < 1
+        holder.rollback()
+        holder.close()  # the lock goes with the connection
+        assert local.run(count) == 0
+    finally:
+        local.close()

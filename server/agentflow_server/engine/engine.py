@@ -29,7 +29,7 @@ from agentflow_payments import FieldViolation, Reason
 from ..clock import Clock
 from ..errors import ApiError, payment_not_found
 from ..ledger import Database, StorageError
-from ..ledger.database import ThreadConnection
+from ..ledger.database import ThreadConnection, WouldWait
 from ..ledger.escrows import load_deadlines, load_escrows
 from ..ledger.group import (
     AccountKey,
@@ -705,9 +705,11 @@ class Engine:
             )
             # (An exit reads all its account's queued payments, however many: on the thread.)
             rows = len(to_read) + len(payment_ids) + len(missing) + len(escrow_ids)
+            loaded = None
             if self._local_reader is not None and not queued_of and rows <= _LOCAL_READ_MOST:
-                loaded = self._local_reader.run(read)
-            else:
+                with contextlib.suppress(WouldWait):  # then on the thread, which may wait
+                    loaded = self._local_reader.run(read)
+            if loaded is None:
                 loaded = await self._reader.run(read)
             loaded_records, loaded_payments, balances, loaded_escrows = loaded
             records.update(loaded_records)

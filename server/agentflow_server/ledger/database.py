@@ -32,6 +32,11 @@ class StorageError(Exception):
     """The ledger database failed: unreachable, full, or refused a statement."""
 
 
+class WouldWait(StorageError):
+    """A :class:`LocalConnection` read found the database locked: it would have had to wait, on the event
+    loop, so it was not made. Make it on a thread instead."""
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets readers run beside the writer; FULL makes every commit durable
     # before the caller is answered, which is what "acknowledged" promises.
@@ -41,6 +46,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+def _sqlite_pragmas_never_waiting(dbapi_connection: Any, record: Any) -> None:
+    # For a connection on the event loop: not the 5 s the others wait for a lock.
+    _sqlite_pragmas(dbapi_connection, record)
+    dbapi_connection.execute("PRAGMA busy_timeout=0")
 
 
 class Database:
@@ -106,12 +117,16 @@ _SYNC_DRIVERS = {"sqlite": "pysqlite", "postgresql": "psycopg"}
 T = TypeVar("T")
 
 
-def sync_engine(url: URL) -> Engine:
-    """An engine over the same database through the blocking driver, one connection at a time (no pool)."""
+def sync_engine(url: URL, *, wait_for_locks: bool = True) -> Engine:
+    """An engine over the same database through the blocking driver, one connection at a time (no pool).
+    Without ``wait_for_locks`` an SQLite connection never waits for another's lock, not even while it opens."""
     backend = url.get_backend_name()
-    engine = create_engine(url.set(drivername=f"{backend}+{_SYNC_DRIVERS[backend]}"), poolclass=NullPool)
+    connect_args = {} if wait_for_locks or backend != "sqlite" else {"timeout": 0}
+    engine = create_engine(
+        url.set(drivername=f"{backend}+{_SYNC_DRIVERS[backend]}"), poolclass=NullPool, connect_args=connect_args
+    )
     if backend == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas if wait_for_locks else _sqlite_pragmas_never_waiting)
     return engine
 
 
@@ -119,8 +134,10 @@ class _HeldConnection:
     """One connection, opened on first use and replaced after a driver error; driver errors become
     :class:`StorageError`. Used from one thread only. ``on_connect`` sets up each connection it opens."""
 
-    def __init__(self, url: URL, on_connect: Callable[[Connection], None] | None = None) -> None:
-        self._engine = sync_engine(url)
+    def __init__(
+        self, url: URL, on_connect: Callable[[Connection], None] | None = None, *, wait_for_locks: bool = True
+    ) -> None:
+        self._engine = sync_engine(url, wait_for_locks=wait_for_locks)
         self._on_connect = on_connect
         self._connection: Connection | None = None
 
@@ -182,14 +199,25 @@ class LocalConnection(_HeldConnection):
 
     For SQLite reads of a few rows, which the engine makes for every small group: handing them to a
     :class:`ThreadConnection` (two threads woken, the GIL passed twice) cost more than the read itself,
-    some 15-60 µs from a local file. A reader in WAL mode never waits for the writer. Not for PostgreSQL,
-    where every read is a round trip over the network.
+    some 15-60 µs from a local file. A reader in WAL mode does not wait for the writer; in the rare cases
+    where SQLite would still have it wait (a recovery, an exclusive lock taken outside the server), it
+    raises :class:`WouldWait` at once instead of blocking the loop. Not for PostgreSQL, where every read is a
+    round trip over the network.
     """
 
+    def __init__(self, url: URL) -> None:
+        super().__init__(url, wait_for_locks=False)
+
     def run(self, work: Callable[[Connection], T]) -> T:
-        """Run ``work`` with the connection, here and now; driver errors become :class:`StorageError`, and
-        the connection is replaced after one."""
-        return self._run(work)
+        """Run ``work`` with the connection, here and now; driver errors become :class:`StorageError` (a lock
+        held elsewhere :class:`WouldWait`), and the connection is replaced after one."""
+        try:
+            return self._run(work)
+        except StorageError as error:
+            original = getattr(error.__cause__, "orig", None)
+            if getattr(original, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
+                raise WouldWait(str(error)) from error
+            raise
 
     def close(self) -> None:
         """Close the connection, if one is open."""
