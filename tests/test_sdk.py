@@ -380,6 +380,13 @@ async def test_a_rate_limited_call_is_made_again_after_the_delay_the_server_asks
         async for watched in client.watch_payment(payment.name):
             assert watched.name == payment.name
             break
+    # A call that is never made again after a failure (it might act twice) is after a rate limit: it did nothing.
+    slow_admin = await admin.create_api_key("slow admin", "admin", requests_per_minute=120, burst=1)
+    async with AsyncClient(server.target, slow_admin.secret, timeout=5) as client:
+        started = time.monotonic()
+        made = [await client.create_api_key(f"k{i}", "read_only") for i in range(2)]
+        assert time.monotonic() - started >= 0.4
+    assert len({k.api_key.name for k in made}) == 2
     await asyncio.sleep(0.6)
     for retry in (RetryConfig(max_attempts=1), RetryConfig(max_backoff=0.1)):
         async with AsyncClient(server.target, created.secret, timeout=5, retry=retry) as client:

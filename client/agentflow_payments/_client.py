@@ -21,7 +21,7 @@ from grpc.aio import ClientCallDetails
 from . import _convert as convert
 from ._convert import Amount, EnumValue, Page, When
 from ._exceptions import AgentflowError, Cancelled, SubscriberTooSlow, Unavailable, from_item_error, from_rpc_error
-from ._retry import NO_RETRY, WAIT_AND_RETRY, RetryConfig, wait_out, with_retries
+from ._retry import WAIT_AND_RETRY, RetryConfig, wait_out, with_retries
 from .v1 import (
     accounts_pb2,
     accounts_pb2_grpc,
@@ -175,7 +175,9 @@ class AsyncClient:
         async def attempt() -> _Response:
             return await method(request, timeout=timeout)
 
-        return await with_retries(self._retry if retry else NO_RETRY, attempt)
+        # A call without a request id may act twice if made again after a failure; a rate limit or a full
+        # queue refused it before it did anything, so it is made again after those in any case.
+        return await with_retries(self._retry, attempt, may_act_twice=not retry)
 
     # Payments
 

@@ -1,15 +1,15 @@
 """When the SDK calls again by itself: ``RetryConfig`` and the loop that applies it.
 
-Only calls that cannot act twice are retried: reads, and writes that carry a
-``request_id`` (the typed methods always give one), which the server answers
-from its idempotency record the second time. Only UNAVAILABLE (the server could
+Only calls that cannot act twice are retried after a failure: reads, and writes
+that carry a ``request_id`` (the typed methods always give one), which the server
+answers from its idempotency record the second time. Only UNAVAILABLE (the server could
 not be reached, or the connection broke), DEADLINE_EXCEEDED (one attempt took
 longer than its deadline) and CANCELLED from the other end (an overloaded
 server's gRPC core sheds calls it cannot hand to the application in time with
 CANCELLED, before they run) are retried, and RATE_LIMIT_EXCEEDED and QUEUE_FULL
 (refused before anything was done) when the server's RetryInfo delay is no longer
-than the config's longest pause: the call is made again after that delay. Every
-other error is the answer. A call the caller cancels raises
+than the config's longest pause: the call, any call, is made again after that
+delay. Every other error is the answer. A call the caller cancels raises
 ``asyncio.CancelledError`` and is not retried.
 
 The loop is ours rather than gRPC's service-config retry policy because gRPC
@@ -68,20 +68,17 @@ class RetryConfig:
         return random.uniform(0, bound)
 
 
-NO_RETRY = RetryConfig(max_attempts=1)
-"""A ``RetryConfig`` that makes one attempt."""
-
-
-async def with_retries(config: RetryConfig, attempt: Callable[[], Awaitable[T]]) -> T:
+async def with_retries(config: RetryConfig, attempt: Callable[[], Awaitable[T]], *, may_act_twice: bool = False) -> T:
     """The result of ``attempt()``, called again after UNAVAILABLE, DEADLINE_EXCEEDED or CANCELLED as
     ``config`` allows, and after RATE_LIMIT_EXCEEDED or QUEUE_FULL once their RetryInfo delay has passed, if
-    it is at most ``config.max_backoff``; the last error is raised when the attempts run out."""
+    it is at most ``config.max_backoff``; the last error is raised when the attempts run out. A call that
+    ``may_act_twice`` is made again only after the last two, which refuse it before it does anything."""
     number = 1
     while True:
         try:
             return await attempt()
         except RETRYABLE:
-            if number >= config.max_attempts:
+            if may_act_twice or number >= config.max_attempts:
                 raise
             await asyncio.sleep(config.pause(number))
         except WAIT_AND_RETRY as error:
