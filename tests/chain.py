@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
@@ -84,15 +85,29 @@ def ledger(server: RunningServer) -> sqlite3.Connection:
     return sqlite3.connect(Path(server.settings.data_dir) / "agentflow.db")
 
 
+async def query(server: RunningServer, sql: str, **parameters: object) -> list[tuple[Any, ...]]:
+    """The rows of ``sql`` (with ``:name`` parameters) in a running server's ledger, on either database."""
+    async with server.service.database.connect() as connection:
+        return [tuple(row) for row in await connection.execute(sa.text(sql), parameters)]
+
+
+_ACCOUNTS = "SELECT address, token, available, reserved, escrowed FROM accounts"
+
+
 async def assert_ledger_matches_chain(chain: Chain) -> None:
     """Per token, the contract holds exactly what the ledger's accounts hold (settled fees included)."""
     await chain.caught_up()
-    await ledger_matches(Path(chain.server.settings.data_dir) / "agentflow.db", chain.rpc, chain.contract, chain.tokens)
+    await _accounts_match(await query(chain.server, _ACCOUNTS), chain.rpc, chain.contract, chain.tokens)
 
 
 async def ledger_matches(path: Path, rpc: Rpc, contract: str, tokens: dict[str, str]) -> None:
+    """As :func:`assert_ledger_matches_chain`, for the SQLite ledger at ``path`` of a server that is gone."""
     with sqlite3.connect(path) as db:
-        rows = db.execute("SELECT address, token, available, reserved, escrowed FROM accounts").fetchall()
+        rows = db.execute(_ACCOUNTS).fetchall()
+    await _accounts_match(rows, rpc, contract, tokens)
+
+
+async def _accounts_match(rows: list[tuple[Any, ...]], rpc: Rpc, contract: str, tokens: dict[str, str]) -> None:
     totals: dict[str, int] = {}
     for address, token, available, reserved, escrowed in rows:
         if address != CHAIN:

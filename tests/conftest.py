@@ -142,11 +142,11 @@ def create_key(admin: AsyncClient) -> CreateKey:
 
 
 @pytest.fixture
-async def embedded(start_server: StartServer) -> RunningServer:
-    """A server settling on the embedded chain."""
+async def embedded(ledger_url: str | None, start_server: StartServer) -> RunningServer:
+    """A server settling on the embedded chain, on each ledger database in turn (SQLite, then PostgreSQL)."""
     from .chain import FAST
 
-    return await start_server(settlement_enabled=True, **FAST)
+    return await start_server(database_url=ledger_url, settlement_enabled=True, **FAST)
 
 
 @pytest.fixture

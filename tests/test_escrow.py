@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import sqlite3
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -32,12 +33,17 @@ from agentflow_server.clock import Clock
 
 from .chain import Anvil, Chain, assert_ledger_matches_chain, until_final
 from .conftest import ALICE, BOB, CreateKey, RunningServer, StartServer
-from .test_engine import journal_sums, stored_balances
 from .test_payments import CAROL, USDC, Fund, _funder, balance
 
 VERIFIER = Account.from_key("0x" + "42" * 32)
 STRANGER = Account.from_key("0x" + "43" * 32)
 DAY = 86_400
+
+
+@pytest.fixture
+async def server(ledger_url: str | None, start_server: StartServer) -> RunningServer:
+    """A server on each ledger database in turn: every test that takes it runs on SQLite and on PostgreSQL."""
+    return await start_server(database_url=ledger_url)
 
 
 @pytest.fixture
@@ -67,18 +73,27 @@ async def get(client: AsyncClient, name: str) -> escrow_pb2.Escrow:
     return (await client.escrows.GetEscrow(escrow_pb2.GetEscrowRequest(name=name))).escrow
 
 
-def events(server: RunningServer, resource: str) -> list[str]:
-    with sqlite3.connect(Path(server.settings.data_dir) / "agentflow.db") as db:
-        return [t for (t,) in db.execute("SELECT type FROM events WHERE resource = ? ORDER BY sequence", (resource,))]
+async def events(server: RunningServer, resource: str) -> list[str]:
+    """The types of the stored events about ``resource``, in order, on either database."""
+    query = sa.text("SELECT type FROM events WHERE resource = :resource ORDER BY sequence")
+    async with server.service.database.connect() as connection:
+        return [t for (t,) in await connection.execute(query, {"resource": resource})]
 
 
-def assert_journal_matches_balances(server: RunningServer) -> None:
-    """Every balance is what the double-entry journal says it is."""
-    path = Path(server.settings.data_dir) / "agentflow.db"
-    sums = journal_sums(path)
-    for (address, _token), stored in stored_balances(path).items():
-        for bucket, value in enumerate((stored.available, stored.reserved, stored.escrowed), start=1):
-            assert sums.get((address, bucket), 0) == value, (address, bucket)
+async def assert_journal_matches_balances(server: RunningServer) -> None:
+    """Every balance is what the double-entry journal says it is, on either database."""
+    sums: dict[tuple[str, int], int] = defaultdict(int)
+    async with server.service.database.connect() as connection:
+        transfers = await connection.execute(
+            sa.text("SELECT debit_address, debit_bucket, credit_address, credit_bucket, amount FROM transfers")
+        )
+        for debit, debit_bucket, credit, credit_bucket, amount in transfers:
+            sums[(debit, debit_bucket)] -= int(amount)
+            sums[(credit, credit_bucket)] += int(amount)
+        accounts = await connection.execute(sa.text("SELECT address, available, reserved, escrowed FROM accounts"))
+        for address, *buckets in accounts:
+            for bucket, value in enumerate(buckets, start=1):
+                assert sums[(address, bucket)] == int(value), (address, bucket)
 
 
 def sign(account: object, name: str, result_hash: str) -> str:
@@ -117,7 +132,7 @@ async def test_an_escrow_holds_amount_and_fee_from_available(
     held = await balance(admin, ALICE)
     assert (held.available, held.reserved, held.escrowed, held.total) == ("99700000", "0", "100300000", "200000000")
     assert await get(admin, escrow.name) == escrow
-    assert events(server, escrow.name) == ["escrow.created"]
+    assert await events(server, escrow.name) == ["escrow.created"]
     entries = await admin.accounts.ListLedgerEntries(accounts_pb2.ListLedgerEntriesRequest(address=ALICE))
     assert [(e.kind, e.bucket, e.delta) for e in entries.entries][:2] == [
         (accounts_pb2.LEDGER_ENTRY_KIND_ESCROW_HOLD, accounts_pb2.LEDGER_BUCKET_ESCROWED, "100300000"),
@@ -173,7 +188,7 @@ async def test_each_invalid_field_is_named_and_changes_nothing(
     assert caught.value.reason is Reason.INVALID_FIELD
     assert [v.field for v in caught.value.field_violations] == [field]
     assert (await balance(admin, ALICE)).escrowed == "0"
-    assert events(server, "") == []
+    assert await events(server, "") == []
 
 
 async def test_an_expiry_in_the_past_or_beyond_the_maximum_is_refused(start_server: StartServer) -> None:
@@ -233,8 +248,8 @@ async def test_the_payer_releases_and_the_release_settles_as_a_payment(
     assert list(released.escrow.release_payments) == [payment.name]
     held = await balance(admin, ALICE)
     assert (held.available, held.reserved, held.escrowed) == ("99700000", "100300000", "0")
-    assert events(server, escrow.name) == ["escrow.created", "escrow.released"]
-    assert events(server, payment.name) == ["payment.created", "payment.queued"]
+    assert await events(server, escrow.name) == ["escrow.created", "escrow.released"]
+    assert await events(server, payment.name) == ["payment.created", "payment.queued"]
     # The release is the payee's money now: the payer cannot take it back by cancelling the payment.
     with pytest.raises(EscrowNotActive):
         await admin.escrows.ReleaseEscrow(escrow_pb2.ReleaseEscrowRequest(name=escrow.name))
@@ -313,7 +328,7 @@ async def test_a_verifier_signature_releases_and_any_other_is_refused(
     assert released.escrow.status == escrow_pb2.ESCROW_STATUS_RELEASED
     assert released.payment.amount == "100000000"
     assert released.escrow.result_hash == result
-    assert events(server, escrow.name) == ["escrow.created", "escrow.released"]
+    assert await events(server, escrow.name) == ["escrow.created", "escrow.released"]
 
 
 async def test_under_an_arbiter_only_the_arbiter_releases_or_refunds(
@@ -365,8 +380,8 @@ async def test_the_payee_refunds_and_the_payer_cannot_take_the_money_back_alone(
     held = await balance(admin, ALICE)
     # 40 USDC and its fee (0.12) went to a payment; 60 USDC and the rest of the fee (0.18) came back.
     assert (held.available, held.reserved, held.escrowed) == ("159880000", "40120000", "0")
-    assert events(server, escrow.name) == ["escrow.created", "escrow.released", "escrow.refunded"]
-    assert_journal_matches_balances(server)
+    assert await events(server, escrow.name) == ["escrow.created", "escrow.released", "escrow.refunded"]
+    await assert_journal_matches_balances(server)
 
 
 async def test_a_key_that_is_no_party_does_not_see_the_escrow(
@@ -460,9 +475,9 @@ async def test_at_its_deadline_an_escrow_refunds_or_releases_as_it_says(start_se
         # Past its deadline nothing else may happen to an escrow.
         with pytest.raises(EscrowNotActive):
             await admin.escrows.ReleaseEscrow(escrow_pb2.ReleaseEscrowRequest(name=refund.name))
-    assert events(server, refund.name) == ["escrow.created", "escrow.expired", "escrow.refunded"]
-    assert events(server, release.name) == ["escrow.created", "escrow.expired", "escrow.released"]
-    assert_journal_matches_balances(server)
+    assert await events(server, refund.name) == ["escrow.created", "escrow.expired", "escrow.refunded"]
+    assert await events(server, release.name) == ["escrow.created", "escrow.expired", "escrow.released"]
+    await assert_journal_matches_balances(server)
     registry = server.service.metrics.registry
     assert registry.get_sample_value("agentflow_escrow_steps_total", {"step": "expired"}) == 2
     assert registry.get_sample_value("agentflow_escrow_steps_total", {"step": "created"}) == 2
@@ -553,8 +568,8 @@ async def test_a_dispute_freezes_the_escrow_until_its_arbiter_splits_it(
     async with server.client() as admin:
         held = await balance(admin, ALICE)
     assert (held.available, held.reserved, held.escrowed) == ("129790000", "70210000", "0")
-    assert events(server, escrow.name) == ["escrow.created", "escrow.disputed", "escrow.resolved"]
-    assert_journal_matches_balances(server)
+    assert await events(server, escrow.name) == ["escrow.created", "escrow.disputed", "escrow.resolved"]
+    await assert_journal_matches_balances(server)
 
 
 async def test_without_an_arbiter_an_admin_resolves(admin: AsyncClient, fund: Fund) -> None:
@@ -644,16 +659,16 @@ async def test_a_release_racing_the_expiry_has_one_winner(server: RunningServer,
                 assert isinstance(outcome, EscrowNotActive)
                 assert final.status == escrow_pb2.ESCROW_STATUS_REFUNDED
                 assert final.expired
-                assert events(server, escrow.name) == ["escrow.created", "escrow.expired", "escrow.refunded"]
+                assert await events(server, escrow.name) == ["escrow.created", "escrow.expired", "escrow.refunded"]
             else:
                 assert final.status == escrow_pb2.ESCROW_STATUS_RELEASED
                 assert not final.expired
-                assert events(server, escrow.name) == ["escrow.created", "escrow.released"]
+                assert await events(server, escrow.name) == ["escrow.created", "escrow.released"]
         released = sum(1 for o in outcomes if not isinstance(o, BaseException))
         held = await balance(admin, ALICE)
         assert int(held.reserved) == released * (USDC + 10_000)
         assert (int(held.available), held.escrowed) == (2_000 * USDC - released * (USDC + 10_000), "0")
-    assert_journal_matches_balances(server)
+    await assert_journal_matches_balances(server)
 
 
 # -- on chain -----------------------------------------------------------------------------------------------
@@ -787,4 +802,4 @@ async def test_an_expiry_whose_commit_fails_is_tried_again(
 
         await wait_until(refunded)
         assert failures
-    assert events(server, escrow.name) == ["escrow.created", "escrow.expired", "escrow.refunded"]
+    assert await events(server, escrow.name) == ["escrow.created", "escrow.expired", "escrow.refunded"]

@@ -26,6 +26,12 @@ from .test_payments import CAROL, USDC, Fund, _funder
 
 
 @pytest.fixture
+async def server(ledger_url: str | None, start_server: StartServer) -> RunningServer:
+    """A server on each ledger database in turn: every test that takes it runs on SQLite and on PostgreSQL."""
+    return await start_server(database_url=ledger_url)
+
+
+@pytest.fixture
 def fund(server: RunningServer) -> Fund:
     return _funder(server)
 

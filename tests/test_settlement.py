@@ -54,6 +54,7 @@ from .chain import (
     ledger_matches,
     pay,
     payment_status,
+    query,
     until_final,
     wait_for,
 )
@@ -109,9 +110,8 @@ async def test_deposits_credit_once_and_payments_of_every_token_settle(embedded:
         # The fees stay in the contract, accrued, until it pays them out.
         contract = SettlementContract(chain.rpc, chain.contract)
         assert await contract.accrued_fees(chain.tokens["USDC"]) == int(submitted[1].fee.total)
-    with ledger(embedded) as db:
-        types = [t for (t,) in db.execute("SELECT type FROM events WHERE resource = ?", (submitted[0].name,))]
-    assert types == ["payment.created", "payment.queued", "payment.processing", "payment.completed"]
+    rows = await query(embedded, "SELECT type FROM events WHERE resource = :name", name=submitted[0].name)
+    assert [t for (t,) in rows] == ["payment.created", "payment.queued", "payment.processing", "payment.completed"]
     await assert_ledger_matches_chain(chain)
 
 
@@ -188,12 +188,14 @@ async def test_a_replica_that_does_not_settle_says_so(server: RunningServer) -> 
 # -- anvil ----------------------------------------------------------------------------------------------------
 
 
-async def test_on_anvil_a_restart_credits_nothing_twice_and_settles(on_anvil: Anvil, start_server: StartServer) -> None:
-    server = await start_server(**on_anvil.settings())
+async def test_on_anvil_a_restart_credits_nothing_twice_and_settles(
+    on_anvil: Anvil, ledger_url: str | None, start_server: StartServer
+) -> None:
+    server = await start_server(database_url=ledger_url, **on_anvil.settings())
     chain = Chain(server)
     alice = await chain.fund("alice", {"USDC": 50 * USDC, "ETH": 10**18})
     await server.service.stop()
-    again = await start_server(**on_anvil.settings())
+    again = await start_server(database_url=ledger_url, **on_anvil.settings())
     chain = Chain(again)
     await chain.caught_up()
     async with again.client() as client:
@@ -581,13 +583,9 @@ async def test_a_withdrawal_pays_out_on_chain_once_and_is_refused_what_it_may_no
         with pytest.raises(PermissionDenied):
             await client.accounts.Withdraw(withdraw(USDC))
 
-    def completed() -> set[str]:
-        with ledger(embedded) as db:
-            rows = db.execute("SELECT resource FROM events WHERE type = 'withdrawal.completed'").fetchall()
-        return {resource for (resource,) in rows}
-
     async def both_completed() -> bool:
-        return completed() == {first.name, elsewhere.name}
+        rows = await query(embedded, "SELECT resource FROM events WHERE type = 'withdrawal.completed'")
+        return {resource for (resource,) in rows} == {first.name, elsewhere.name}
 
     await wait_for(both_completed, "the withdrawals to complete")
     assert await chain.token_balance("USDC", alice.address) == before_alice + 30 * USDC
@@ -601,9 +599,8 @@ async def test_a_withdrawal_pays_out_on_chain_once_and_is_refused_what_it_may_no
             accounts_pb2.ListLedgerEntriesRequest(address=alice.address, token="USDC")
         )
         assert {e.kind for e in entries.entries} >= {accounts_pb2.LEDGER_ENTRY_KIND_WITHDRAWAL}
-    with ledger(embedded) as db:
-        types = [t for (t,) in db.execute("SELECT type FROM events WHERE resource = ?", (first.name,))]
-    assert types == ["withdrawal.queued", "withdrawal.processing", "withdrawal.completed"]
+    rows = await query(embedded, "SELECT type FROM events WHERE resource = :name", name=first.name)
+    assert [t for (t,) in rows] == ["withdrawal.queued", "withdrawal.processing", "withdrawal.completed"]
     await assert_ledger_matches_chain(chain)
 
 

@@ -46,8 +46,9 @@ Create = Callable[..., Awaitable[webhooks_pb2.CreateWebhookResponse]]
 
 
 @pytest.fixture
-async def hooks_server(start_server: StartServer) -> RunningServer:
-    return await start_server(**FAST_HOOKS)
+async def hooks_server(ledger_url: str | None, start_server: StartServer) -> RunningServer:
+    """A server with quick webhook retries, on each ledger database in turn (SQLite, then PostgreSQL)."""
+    return await start_server(database_url=ledger_url, **FAST_HOOKS)
 
 
 @pytest.fixture
