@@ -479,3 +479,40 @@ def test_a_read_on_the_loop_never_waits_for_a_lock(tmp_path: Path) -> None:
         assert local.run(count) == 0
     finally:
         local.close()
+
+
+async def test_a_read_the_loop_may_not_wait_for_is_made_on_the_readers_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine's side of WouldWait: the group's read goes to the reader's thread, and the group commits.
+    (The lock itself cannot be taken while the engine's own connections hold the ledger, so the loop's
+    connection is made to answer as it does under one.)"""
+    database = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
+    engine = Engine(database, TOKENS, EngineConfig(max_queue_size=100_000))
+    await engine.start()
+    try:
+        await engine.execute(deposit(ALICE, 10**12))
+        local = engine._local_reader
+        assert local is not None
+
+        def locked(work: Any) -> Any:
+            raise WouldWait("database is locked")
+
+        on_thread: list[object] = []
+        thread_run = engine._reader.run
+
+        async def counted(work: Any) -> Any:
+            on_thread.append(work)
+            return await thread_run(work)
+
+        monkeypatch.setattr(local, "run", locked)
+        monkeypatch.setattr(engine._reader, "run", counted)
+        first = await engine.execute(submit(request_id="locked"))
+        again = await engine.execute(submit(request_id="locked"))
+        assert isinstance(first, Payment)
+        assert isinstance(again, Payment)
+        assert again.payment_id == first.payment_id
+        assert len(on_thread) == 2
+    finally:
+        await engine.stop()
+        await database.close()
