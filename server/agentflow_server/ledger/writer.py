@@ -265,7 +265,7 @@ class _WriterProcess:
             if not ready:
                 raise StorageError(f"the ledger writer process did not start within {_START_TIMEOUT:.0f} s")
             try:
-                reply = read_frame(self._from_child)
+                reply = _read_frame(self._from_child)
             except OSError:
                 reply = None
             if reply is None:
@@ -431,14 +431,14 @@ def _own(connection: multiprocessing.connection.Connection) -> int:
         connection.close()
 
 
-def write_frame(fd: int, data: bytes) -> None:
+def _write_frame(fd: int, data: bytes) -> None:
     """Write ``data`` to blocking ``fd`` as one frame: its length, then itself."""
     view = memoryview(_HEADER.pack(len(data)) + data)
     while view:
         view = view[os.write(fd, view) :]
 
 
-def read_frame(fd: int) -> bytes | None:
+def _read_frame(fd: int) -> bytes | None:
     """The next frame from blocking ``fd``, or None at the end of the pipe."""
     header = _read_exactly(fd, _HEADER.size)
     if header is None:
@@ -486,13 +486,13 @@ def _serve(
                 connection.commit()
             _set_up(wal, connection)
     except Exception as error:
-        write_frame(answers_fd, pickle.dumps(str(error)))
+        _write_frame(answers_fd, pickle.dumps(str(error)))
         return
-    write_frame(answers_fd, _READY)
+    _write_frame(answers_fd, _READY)
     failed_epoch = -1
     while True:
         try:
-            message = read_frame(commands_fd)
+            message = _read_frame(commands_fd)
         except OSError:
             break
         if message is None:
@@ -502,11 +502,11 @@ def _serve(
         except Exception as error:
             # A bug: the groups after this one may build on it, so none is written any more.
             failed_epoch = sys.maxsize
-            write_frame(answers_fd, pickle.dumps(f"a group could not be read: {error!r}"))
+            _write_frame(answers_fd, pickle.dumps(f"a group could not be read: {error!r}"))
             continue
         if epoch <= failed_epoch:
             # Sent before the server learnt of a failure, so built on the failed group: refused.
-            write_frame(answers_fd, pickle.dumps(_DEPENDS_ON_FAILED))
+            _write_frame(answers_fd, pickle.dumps(_DEPENDS_ON_FAILED))
             continue
         try:
             if connection is None:
@@ -529,7 +529,7 @@ def _serve(
                 except Exception:
                     session_lost = True
                 if session_lost:
-                    write_frame(answers_fd, reply)
+                    _write_frame(answers_fd, reply)
                     break
             else:
                 # Like the writer thread: nothing of the group is committed, and the next one gets a new
@@ -538,7 +538,7 @@ def _serve(
                     with contextlib.suppress(Exception):
                         connection.close()
                 connection = None
-        write_frame(answers_fd, reply)
+        _write_frame(answers_fd, reply)
     if connection is not None:
         connection.close()
     engine.dispose()
