@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from agentflow_server.engine.engine import Engine, EngineConfig
 from agentflow_server.engine.model import CHAIN, FEES, Balance, Batch, Deposit, Payment, PaymentStatus, Priority
 from agentflow_server.errors import ApiError
 from agentflow_server.ledger import Database, StorageError
-from agentflow_server.ledger.database import LocalConnection, WouldWait
+from agentflow_server.ledger.database import LocalConnection, ThreadConnection, WouldWait
 from agentflow_server.ledger.payments import load_payments
 from agentflow_server.ledger.writer import GroupWriter
 from agentflow_server.tokens import TokenRegistry
@@ -479,6 +479,44 @@ def test_a_read_on_the_loop_never_waits_for_a_lock(tmp_path: Path) -> None:
         assert local.run(count) == 0
     finally:
         local.close()
+
+
+async def test_the_driver_s_own_errors_become_storage_errors(tmp_path: Path) -> None:
+    """The engine's reads go partly straight through the driver (ledger.group.load_idempotency), where
+    SQLAlchemy never sees its errors: on either reading connection they are StorageError all the same, and
+    the connection is replaced."""
+    path = tmp_path / "ledger.db"
+    sqlite3.connect(path).close()
+    url = make_url(f"sqlite:///{path}")
+
+    def count(table: str) -> Callable[[Any], int]:
+        def read(connection: Any) -> int:
+            cursor = connection.connection.cursor()
+            try:
+                return int(cursor.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+            finally:
+                cursor.close()
+
+        return read
+
+    local = LocalConnection(url)
+    thread = ThreadConnection(url, "test-reader")
+    try:
+        for run in (local.run, thread.run):
+            with pytest.raises(StorageError, match="no such table"):
+                await _result(run(count("missing")))
+        created = sqlite3.connect(path)
+        created.execute("CREATE TABLE missing (v INTEGER)")
+        created.close()
+        assert local.run(count("missing")) == 0
+        assert await thread.run(count("missing")) == 0
+    finally:
+        local.close()
+        await thread.close()
+
+
+async def _result(value: Any) -> Any:
+    return await value if asyncio.iscoroutine(value) else value
 
 
 async def test_a_read_the_loop_may_not_wait_for_is_made_on_the_readers_thread(

@@ -35,6 +35,7 @@ from ..ledger.group import (
     AccountKey,
     GroupWrite,
     IdempotencyRecord,
+    end_read,
     idempotency_key,
     load_accounts,
     load_idempotency,
@@ -1558,7 +1559,7 @@ def _load(
     # cached ones).
     keys = account_keys | {(p.payer, p.token) for p in found.values()} | {(e.payer, e.token) for e in escrows.values()}
     balances = load_accounts(connection, keys)
-    connection.rollback()  # end the read transaction: the next read sees newer commits
+    end_read(connection)
     return records, found, balances, escrows
 
 

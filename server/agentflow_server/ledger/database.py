@@ -138,11 +138,13 @@ class _HeldConnection:
         self, url: URL, on_connect: Callable[[Connection], None] | None = None, *, wait_for_locks: bool = True
     ) -> None:
         self._engine = sync_engine(url, wait_for_locks=wait_for_locks)
+        # Work may read straight through the driver (ledger.group.load_idempotency): its errors are ours too.
+        self._driver_error: type[Exception] = self._engine.dialect.loaded_dbapi.Error
         self._on_connect = on_connect
         self._connection: Connection | None = None
 
     def _run(self, work: Callable[[Connection], T]) -> T:
-        with storage_errors():
+        with storage_errors(self._driver_error):
             if self._connection is None:
                 connection = self._engine.connect()
                 if self._on_connect is not None:
@@ -214,7 +216,8 @@ class LocalConnection(_HeldConnection):
         try:
             return self._run(work)
         except StorageError as error:
-            original = getattr(error.__cause__, "orig", None)
+            # SQLAlchemy's error wraps the driver's; a read straight through the driver raised its own.
+            original = getattr(error.__cause__, "orig", error.__cause__)
             if getattr(original, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
                 raise WouldWait(str(error)) from error
             raise
@@ -225,11 +228,13 @@ class LocalConnection(_HeldConnection):
 
 
 @contextlib.contextmanager
-def storage_errors() -> Iterator[None]:
-    """The boundary: SQLAlchemy's and the driver's errors become :class:`StorageError`."""
+def storage_errors(*driver_errors: type[Exception]) -> Iterator[None]:
+    """The boundary: SQLAlchemy's errors, and ``driver_errors`` (the driver's own, where work goes straight
+    to it), become :class:`StorageError`."""
+    caught: tuple[type[Exception], ...] = (sqlalchemy.exc.SQLAlchemyError, OSError, *driver_errors)
     try:
         yield
-    except (sqlalchemy.exc.SQLAlchemyError, OSError) as error:
+    except caught as error:
         raise StorageError(str(error)) from error
 
 
