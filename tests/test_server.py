@@ -7,6 +7,7 @@ import datetime
 import sqlite3
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -19,7 +20,7 @@ from agentflow_payments.v1 import accounts_pb2, admin_pb2, admin_pb2_grpc, event
 from agentflow_server.app import SERVICE_NAMES, StartupError
 from agentflow_server.engine.commands import CreditDeposit
 
-from .conftest import ALICE, BOB, CreateKey, RunningServer, StartServer
+from .conftest import ADMIN_KEY, ALICE, BOB, CreateKey, RunningServer, StartServer
 
 READ = accounts_pb2.ListTokensRequest()
 
@@ -56,6 +57,30 @@ async def test_reflection_describes_all_six_services(server: RunningServer) -> N
     assert len(SERVICE_NAMES) == 6
     assert "SubmitPayments" in methods
     assert "WatchPayment" in methods
+
+
+async def test_services_are_added_as_generic_handlers_only(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """grpcio's asyncio server waits on every registered method's pending request for each call it accepts
+    (api/registration.py), so the server registers none: every service still answers."""
+    registered: list[str] = []
+    original = grpc.aio._server.Server.add_registered_method_handlers
+
+    def spy(self: grpc.aio.Server, service: str, handlers: Any) -> None:
+        registered.append(service)
+        original(self, service, handlers)
+
+    monkeypatch.setattr(grpc.aio._server.Server, "add_registered_method_handlers", spy)
+    server = await start_server()
+    assert registered == []
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        answer = await health.Check(health_pb2.HealthCheckRequest(service="agentflow.payments.v1.PaymentService"))
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    async with server.client(ADMIN_KEY) as client:
+        assert "USDC" in {t.symbol for t in (await client.accounts.ListTokens(READ)).tokens}
+    await test_reflection_describes_all_six_services(server)
 
 
 async def test_rate_limit_answers_resource_exhausted_with_retry_info(

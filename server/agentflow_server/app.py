@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import start_http_server
 
 from agentflow_payments.v1 import (
@@ -38,6 +38,7 @@ from .api.escrow import EscrowServicer
 from .api.events import EventServicer, add_event_service
 from .api.interceptors import AuthInterceptor, ErrorInterceptor
 from .api.payments import PaymentServicer
+from .api.registration import generic_only
 from .api.webhooks import WebhookServicer
 from .auth import ApiKeyRegistry, RateLimiter
 from .chain.relayer import RelayerConfig
@@ -199,12 +200,13 @@ class Service:
             interceptors=[ErrorInterceptor(metrics), AuthInterceptor(registry, limiter, metrics)],
             options=_SERVER_OPTIONS,
         )
+        services = generic_only(server)
         batches = BatchReader(database)
         event_log = EventReader(database)
         hub = EventHub(event_log, max_backlog=settings.event_subscriber_backlog)
         engine.add_commit_listener(hub.committed)
         payments_pb2_grpc.add_PaymentServiceServicer_to_server(
-            PaymentServicer(engine, PaymentReader(database), batches, hub, settings.max_bulk_size), server
+            PaymentServicer(engine, PaymentReader(database), batches, hub, settings.max_bulk_size), services
         )
         escrow_pb2_grpc.add_EscrowServiceServicer_to_server(
             EscrowServicer(
@@ -213,7 +215,7 @@ class Service:
                 engine.clock,
                 settings.escrow_max_expiry,
             ),
-            server,
+            services,
         )
         webhook_reader = WebhookReader(database)
         dispatcher = WebhookDispatcher(
@@ -221,10 +223,10 @@ class Service:
         )
         engine.add_commit_listener(dispatcher.committed)
         webhooks_pb2_grpc.add_WebhookServiceServicer_to_server(
-            WebhookServicer(dispatcher, webhook_reader, tokens, engine.clock), server
+            WebhookServicer(dispatcher, webhook_reader, tokens, engine.clock), services
         )
         add_event_service(
-            server, EventServicer(hub, event_log, tokens, engine.clock, settings.event_heartbeat_interval)
+            services, EventServicer(hub, event_log, tokens, engine.clock, settings.event_heartbeat_interval)
         )
         deposits = (
             DepositTarget(chain.identity.chain_id, chain.identity.contract, settings.confirmations)
@@ -233,18 +235,21 @@ class Service:
         )
         chain_id = chain.identity.chain_id if chain is not None else (settings.chain_id or 0)
         accounts_pb2_grpc.add_AccountServiceServicer_to_server(
-            AccountServicer(engine, AccountReader(database), tokens, chain_id, deposits), server
+            AccountServicer(engine, AccountReader(database), tokens, chain_id, deposits), services
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(registry, default_limit, engine, metrics, EscrowReader(database)), server
+            AdminServicer(registry, default_limit, engine, metrics, EscrowReader(database)), services
         )
         health_servicer = AsyncHealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services)
         health = _HealthReporter(health_servicer)
         engine.add_writer_lost_listener(health.writer_lost)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            server,
+        # reflection.enable_server_reflection does this for an asyncio server it recognises.
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]  # public (in __all__), not re-exported
+                (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+            ),
+            services,
         )
 
         try:
