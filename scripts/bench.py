@@ -7,8 +7,10 @@ and from this process, as the client, measures in one run:
 - unary SubmitPayment at 64 in flight;
 - SubmitPayments in calls of 100;
 - SubmitPayment latency (p50, p99) at an offered 1,000 payments a second;
-- the server's CPU time per call in the first three, its own and its ledger writer process's (steadier
-  than rates on a shared machine);
+- the CPU time per call in the first three of the server, its ledger writer process and the client
+  (steadier than rates on a shared machine), and what those costs allow on this machine's cores: all three
+  processes share them, so SubmitPayment's share of the empty RPC's rate cannot exceed the empty RPC's
+  cost over SubmitPayment's, nor bulk calls all the cores' time over a payment's cost;
 - the server's RSS with at least 100,000 payments in the queue;
 - on a fresh server, 10,000 escrows with deadlines scattered over 10 s (scripts/bench_escrow.py): how late
   their expiries ran, and SubmitPayment latency meanwhile against the same probe before;
@@ -30,6 +32,7 @@ import gc
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -142,20 +145,22 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Cpu:
-    """CPU time of the server's process and of its ledger writer process (none when it writes on a thread)."""
+    """CPU time of the server's process, of its ledger writer process (none when it writes on a thread), and of
+    this one, the client: on this machine all three share the same cores."""
 
     def __init__(self, pid: int, writer_pid: int | None) -> None:
         self._pids = (pid, writer_pid)
         self._last = self._now()
 
-    def _now(self) -> tuple[float, float]:
+    def _now(self) -> tuple[float, float, float]:
         pid, writer = self._pids
-        return cpu_seconds(pid), cpu_seconds(writer) if writer else 0.0
+        client = resource.getrusage(resource.RUSAGE_SELF)
+        return cpu_seconds(pid), cpu_seconds(writer) if writer else 0.0, client.ru_utime + client.ru_stime
 
-    def lap(self) -> tuple[float, float]:
-        """(server, writer) CPU seconds since the last lap."""
+    def lap(self) -> tuple[float, float, float]:
+        """(server, writer, client) CPU seconds since the last lap."""
         now = self._now()
-        spent = (now[0] - self._last[0], now[1] - self._last[1])
+        spent = (now[0] - self._last[0], now[1] - self._last[1], now[2] - self._last[2])
         self._last = now
         return spent
 
@@ -241,16 +246,16 @@ async def measure(ready: dict[str, Any], seconds: float, latency_seconds: float)
         await closed_loop(empty, 16, 0.5)
         await closed_loop(submit, 16, 0.5)
 
-        # CPU seconds the server (and its ledger writer process) spend per call: steadier than rates on a
-        # shared machine, and where the time goes.
+        # CPU seconds the server, its ledger writer process and this client spend per call: steadier than
+        # rates on a shared machine, and where the time goes.
         with client_gc_paused():
-            server = Cpu(int(ready["pid"]), ready.get("writer_pid"))
+            cpu = Cpu(int(ready["pid"]), ready.get("writer_pid"))
             empty_calls, empty_time = await closed_loop(empty, 64, seconds)
-            empty_cpu = server.lap()
+            empty_cpu = cpu.lap()
             submit_calls, submit_time = await closed_loop(submit, 64, seconds)
-            submit_cpu = server.lap()
+            submit_cpu = cpu.lap()
             bulk_calls, bulk_time = await closed_loop(bulk, 4, seconds)
-            bulk_cpu = server.lap()
+            bulk_cpu = cpu.lap()
         with client_gc_paused():
             latencies, failures = await open_loop(submit, 1000.0, latency_seconds)
         if not latencies:
@@ -270,6 +275,13 @@ async def measure(ready: dict[str, Any], seconds: float, latency_seconds: float)
 
     empty_rps = empty_calls / empty_time
     submit_rps = submit_calls / submit_time
+    # What a call costs the whole machine. When the cores are the limit (client, server and writer share
+    # them), the ratio of SubmitPayment's rate to the empty RPC's cannot exceed the ratio of their costs,
+    # nor bulk calls exceed all the cores' time over a payment's cost.
+    empty_cost = (empty_cpu[0] + empty_cpu[2]) / empty_calls
+    submit_cost = sum(submit_cpu) / submit_calls
+    bulk_cost = sum(bulk_cpu) / (bulk_calls * 100)
+    cpus = os.cpu_count() or 1
     return {
         "empty_rps": round(empty_rps, 1),
         "submit_rps": round(submit_rps, 1),
@@ -284,6 +296,11 @@ async def measure(ready: dict[str, Any], seconds: float, latency_seconds: float)
         "submit_writer_cpu_us": round(submit_cpu[1] / submit_calls * 1e6, 1),
         "bulk_server_cpu_us": round(bulk_cpu[0] / (bulk_calls * 100) * 1e6, 1),
         "bulk_writer_cpu_us": round(bulk_cpu[1] / (bulk_calls * 100) * 1e6, 1),
+        "empty_client_cpu_us": round(empty_cpu[2] / empty_calls * 1e6, 1),
+        "submit_client_cpu_us": round(submit_cpu[2] / submit_calls * 1e6, 1),
+        "bulk_client_cpu_us": round(bulk_cpu[2] / (bulk_calls * 100) * 1e6, 1),
+        "submit_ratio_cpu_bound": round(empty_cost / submit_cost, 3),
+        "bulk_cpu_bound_per_s": round(cpus / bulk_cost, 1),
         "queued_payments": int(queued),
         "seconds_per_phase": seconds,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
@@ -312,6 +329,17 @@ def main() -> None:
             "server CPU per payment, calls of 100",
             f"{result['bulk_server_cpu_us']:,.0f} µs",
             f"+ {result['bulk_writer_cpu_us']:,.0f} µs in the ledger writer process",
+        ),
+        (
+            "client CPU per call: empty / SubmitPayment",
+            f"{result['empty_client_cpu_us']:,.0f} / {result['submit_client_cpu_us']:,.0f} µs",
+            f"all CPU per call then allows SubmitPayment at most {result['submit_ratio_cpu_bound']:.0%} of baseline",
+        ),
+        (
+            "client CPU per payment, calls of 100",
+            f"{result['bulk_client_cpu_us']:,.0f} µs",
+            f"all CPU per payment then allows at most {result['bulk_cpu_bound_per_s']:,.0f} payments/s "
+            f"on {os.cpu_count()} CPUs",
         ),
         ("SubmitPayment p50 at 1,000/s offered", f"{result['submit_p50_ms_at_1000']:.2f} ms", ""),
         (
