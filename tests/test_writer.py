@@ -137,6 +137,81 @@ async def test_a_new_writer_waits_until_the_old_one_is_gone(tmp_path: Path, back
         await _new_writer_waits(url)
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_payments_read_back_as_written_whichever_columns_their_group_leaves_null(
+    tmp_path: Path, backend: str
+) -> None:
+    """A plain insert leaves out the columns that are NULL in every row of its group (a new payment's
+    settlement, escrow and batch: the driver binds each None through Python's adaptation protocol), and
+    binds them where some row has a value: each payment reads back as it was written, alone in its group or
+    beside payments that have those columns."""
+    import dataclasses
+
+    from sqlalchemy import event
+
+    from agentflow_server.engine.fees import Fee
+    from agentflow_server.engine.model import Payment, PaymentStatus, Priority, Settlement
+    from agentflow_server.ledger.database import sync_engine
+    from agentflow_server.ledger.group import group_rows, write_rows
+    from agentflow_server.ledger.payments import load_payments
+
+    queued = Payment(
+        payment_id="0190abcdef0123456789ab01",
+        payer=ALICE,
+        payee="0x" + "b" * 40,
+        token="USDC",
+        amount=10**6,
+        fee=Fee(3_000, 1_200, 900, 600, 300, 3_000, 30, -5, 10, 0),
+        priority=Priority.HIGH,
+        status=PaymentStatus.QUEUED,
+        task_id="task-7",
+        memo="",
+        metadata={},
+        request_id="",
+        create_time_us=1_764_000_000_000_001,
+        update_time_us=1_764_000_000_000_001,
+    )
+    settled = dataclasses.replace(
+        queued,
+        payment_id="0190abcdef0123456789ab02",
+        status=PaymentStatus.COMPLETED,
+        batch_id="b1",
+        escrow_id="e1",
+        settlement=Settlement("b1", "0x" + "ab" * 32, 12, 10_900, 10_900 * 10**9, 1_764_000_001_000_000),
+    )
+    beside = dataclasses.replace(queued, payment_id="0190abcdef0123456789ab03")
+    with contextlib.ExitStack() as stack:
+        url = (
+            f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
+            if backend == "sqlite"
+            else stack.enter_context(fresh_database())
+        )
+        database = await Database.open(url)
+        await database.close()
+        engine = sync_engine(database.url)
+        inserts: list[str] = []
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def _record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+            if statement.startswith("INSERT INTO payments"):
+                inserts.append(statement)
+
+        with engine.connect() as connection:
+            for time_us, payments in enumerate([[queued], [settled, beside]], start=1):
+                group = GroupWrite(time_us=time_us)
+                group.new_payments.extend(payments)
+                group.seal()
+                write_rows(connection, group_rows(group), [])
+                connection.commit()
+            found = load_payments(connection, [queued.payment_id, settled.payment_id, beside.payment_id])
+        engine.dispose()
+    assert found == {p.payment_id: p for p in (queued, settled, beside)}
+    assert "transaction_hash" not in inserts[0]
+    assert "escrow_id" not in inserts[0]
+    assert "transaction_hash" in inserts[1]
+    assert "escrow_id" in inserts[1]
+
+
 async def _new_writer_waits(url: str) -> None:
     database = await Database.open(url)
     old = GroupWriter(database.url, "old-writer", in_process=True)

@@ -291,7 +291,7 @@ def _row_parameters(
 ) -> Callable[[dict[str, Any]], tuple[Any, ...] | dict[str, Any]]:
     """How a row becomes the parameters of its statement (whose parameters are named ``r_{key}``)."""
     if positions is None:  # named parameters
-        return lambda row: {f"r_{key}": value for key, value in row.items()}
+        return lambda row: {f"r_{key}": row[key] for key in keys}
     order = [p.removeprefix("r_") for p in positions]
     assert sorted(order) == sorted(keys)
     getter = operator.itemgetter(*order)
@@ -308,6 +308,11 @@ def _execute_many(connection: Connection, name: str, rows: list[dict[str, Any]])
     chosen when the writer was a thread taking turns with the event loop for the GIL (decision 0004).
     """
     keys = tuple(rows[0])
+    nullable = _null_by_default(name)
+    if nullable:
+        # A plain insert leaves out the columns that are NULL in every row (a new payment's settlement, say):
+        # the driver binds None through Python's adaptation protocol, about half a microsecond each.
+        keys = tuple(key for key in keys if key not in nullable or any(row[key] is not None for row in rows))
     dialect = connection.dialect
     convert = Amount().process_bind_param
     amounts = [key for key in keys if key in _amount_columns(name)]
@@ -316,6 +321,16 @@ def _execute_many(connection: Connection, name: str, rows: list[dict[str, Any]])
             row[column] = convert(row[column], dialect)
     statement = _statement(connection, name, keys)
     connection.exec_driver_sql(statement.sql, [statement.row(row) for row in rows])
+
+
+@functools.cache
+def _null_by_default(name: str) -> frozenset[str]:
+    """The columns a plain insert into this table may leave out to write NULL (none for updates and upserts,
+    which would then keep the old value)."""
+    if name in _UPDATES or _INSERTS[name][1] is not None:
+        return frozenset()
+    table = _INSERTS[name][0]
+    return frozenset(c.name for c in table.columns if c.nullable and c.server_default is None and c.default is None)
 
 
 @functools.cache
