@@ -28,6 +28,7 @@ from agentflow_server.ledger import Database, StorageError
 from agentflow_server.ledger.database import LocalConnection, ThreadConnection, WouldWait
 from agentflow_server.ledger.payments import load_payments
 from agentflow_server.ledger.writer import GroupWriter
+from agentflow_server.metrics import Metrics
 from agentflow_server.tokens import TokenRegistry
 
 from .conftest import ALICE, BOB
@@ -208,6 +209,64 @@ async def test_groups_in_flight_fail_together(engine: Engine, tmp_path: Path) ->
     await engine.execute(submit())
     assert stored_balances(path)[(ALICE, "USDC")].reserved == (len(accepted) + 1) * 1_010_000
     assert len(engine.queues["USDC"]) == len(accepted) + 1
+
+
+async def test_a_command_whose_caller_went_away_before_its_group_is_not_applied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A payment cancelled while it waits (a deadline passed, the client went away) is not made, nor is any
+    payment of a SubmitPayments call cancelled so; the rest of the group is. Retried, it is made once."""
+    path = tmp_path / "abandoned.db"
+    database = await Database.open(f"sqlite+aiosqlite:///{path}")
+    metrics = Metrics()
+    engine = Engine(database, TOKENS, EngineConfig(max_inflight=2, pipeline_min_commands=100), metrics=metrics)
+    await engine.start()
+    original = GroupWriter.commit
+    gate = asyncio.Event()
+    started: asyncio.Queue[int] = asyncio.Queue()  # payments in each commit, as the commits start
+
+    async def held_commit(self: GroupWriter, group: Any, epoch: int) -> None:
+        started.put_nowait(len(group.new_payments))
+        await gate.wait()
+        await original(self, group, epoch)
+
+    try:
+        await engine.execute(deposit(ALICE, 10**15))
+        monkeypatch.setattr(GroupWriter, "commit", held_commit)
+        first = asyncio.create_task(engine.execute(submit(request_id="first")))
+        assert await asyncio.wait_for(started.get(), 10) == 1
+        # These wait for the held commit, in the inbox and in the engine's next group.
+        gone = asyncio.create_task(engine.execute(submit(request_id="gone")))
+        call = asyncio.create_task(engine.submit_payments([submit(request_id=f"call-{i}") for i in range(3)]))
+        kept = asyncio.create_task(engine.execute(submit(request_id="kept")))
+        await asyncio.sleep(0.1)
+        gone.cancel()
+        call.cancel()
+        gate.set()
+        assert await asyncio.wait_for(started.get(), 10) == 1  # only "kept" went on
+        await asyncio.gather(first, kept)
+        for task in (gone, call):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert stored_request_ids(path) == {"first", "kept"}
+        assert stored_balances(path)[(ALICE, "USDC")].reserved == 2 * 1_010_000
+        assert metrics.registry.get_sample_value("agentflow_engine_abandoned_commands_total") == 4
+        # Retried with the same request id: made now, and once.
+        again = await engine.execute(submit(request_id="gone"))
+        replayed = await engine.execute(submit(request_id="gone"))
+        assert isinstance(again, Payment)
+        assert isinstance(replayed, Payment)
+        assert replayed.payment_id == again.payment_id
+        assert stored_balances(path)[(ALICE, "USDC")].reserved == 3 * 1_010_000
+    finally:
+        gate.set()
+        await engine.stop()
+        await database.close()
+
+
+def stored_request_ids(path: Path) -> set[str]:
+    with sqlite3.connect(path) as db:
+        return {request_id for (request_id,) in db.execute("SELECT request_id FROM payments")}
 
 
 async def test_fees_follow_the_payers_volume_and_the_queue_depth(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import random
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -27,10 +28,11 @@ from agentflow_payments import (
     QueueFull,
     Reason,
 )
-from agentflow_payments.v1 import accounts_pb2, admin_pb2, common_pb2, escrow_pb2, payments_pb2
+from agentflow_payments.v1 import accounts_pb2, admin_pb2, common_pb2, escrow_pb2, payments_pb2, payments_pb2_grpc
 from agentflow_server.engine.commands import CreditDeposit
+from agentflow_server.ledger.writer import GroupWriter
 
-from .conftest import ALICE, BOB, CreateKey, RunningServer, StartServer
+from .conftest import ADMIN_KEY, ALICE, BOB, CreateKey, RunningServer, StartServer
 
 CAROL = "0xdbF03B407c01E7cD3CBea99509d93f8DDDC8C6FB"
 USDC = 10**6
@@ -233,6 +235,53 @@ async def test_concurrent_duplicates_in_one_group_pay_once(admin: AsyncClient, f
     answers = await asyncio.gather(*(admin.payments.SubmitPayment(pay(request_id="dup")) for _ in range(20)))
     assert len({a.payment.name for a in answers}) == 1
     assert (await balance(admin, ALICE)).reserved == "10030000"
+
+
+async def test_a_payment_whose_deadline_passes_before_it_is_applied_is_not_made(
+    server: RunningServer, admin: AsyncClient, fund: Fund, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a commit is held, a SubmitPayment and a SubmitPayments call wait for the engine until their
+    deadlines pass: DEADLINE_EXCEEDED, and nothing of them is made. Retried, each is made once."""
+    import asyncio
+
+    await fund(ALICE, 100 * USDC)
+    original = GroupWriter.commit
+    gate = asyncio.Event()
+    held = asyncio.Event()
+
+    async def held_commit(self: GroupWriter, group: Any, epoch: int) -> None:
+        held.set()
+        await gate.wait()
+        await original(self, group, epoch)
+
+    monkeypatch.setattr(GroupWriter, "commit", held_commit)
+    metadata = (("authorization", f"Bearer {ADMIN_KEY}"),)
+    late = pay(request_id="late")
+    late_call = payments_pb2.SubmitPaymentsRequest(requests=[pay(request_id=f"call-{i}") for i in range(3)])
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = payments_pb2_grpc.PaymentServiceStub(channel)
+        first = asyncio.ensure_future(stub.SubmitPayment(pay(request_id="first"), metadata=metadata))
+        await asyncio.wait_for(held.wait(), 10)
+        outcomes = await asyncio.gather(
+            stub.SubmitPayment(late, metadata=metadata, timeout=1.0),
+            stub.SubmitPayments(late_call, metadata=metadata, timeout=1.0),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:
+            assert isinstance(outcome, grpc.aio.AioRpcError)
+            assert outcome.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        gate.set()
+        await first
+    await admin.payments.SubmitPayment(pay(request_id="after"))  # through the engine after the two
+    listed = await admin.payments.ListPayments(payments_pb2.ListPaymentsRequest(payer=ALICE))
+    assert {p.request_id for p in listed.payments} == {"first", "after"}
+    assert (await balance(admin, ALICE)).reserved == str(2 * 10_030_000)
+    # Retried with the same request ids, they are made now, once.
+    again = await admin.payments.SubmitPayment(late)
+    assert (await admin.payments.SubmitPayment(late)).payment.name == again.payment.name
+    call = await admin.payments.SubmitPayments(late_call)
+    assert [r.WhichOneof("result") for r in call.results] == ["payment"] * 3
+    assert (await balance(admin, ALICE)).reserved == str(6 * 10_030_000)
 
 
 async def test_full_queue_is_resource_exhausted_and_reserves_nothing(start_server: StartServer) -> None:

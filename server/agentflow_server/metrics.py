@@ -63,6 +63,11 @@ class Metrics:
             "Engine groups whose commit failed (every command in them was refused).",
             registry=self.registry,
         )
+        self.abandoned_commands = Counter(
+            "agentflow_engine_abandoned_commands",
+            "Commands not applied because their callers went away first (a deadline passed, a cancelled call).",
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "agentflow_settlement_queue_depth",
             "Payments waiting for settlement, by token.",

@@ -358,7 +358,10 @@ class Engine:
     # -- commands -----------------------------------------------------------------------------------
 
     async def execute(self, command: Command) -> Result:
-        """Apply one command; returns once it is committed. Refusals raise :class:`ApiError`."""
+        """Apply one command; returns once it is committed. Refusals raise :class:`ApiError`.
+
+        Cancelled before its group is applied, the command is not applied; after that it stands or falls
+        with its group, answered or not."""
         return await self._submit([command])[0]
 
     async def execute_many(self, commands: Sequence[Command]) -> list[Result | ApiError]:
@@ -490,6 +493,9 @@ class Engine:
 
     async def _apply(self, pending: list[_Pending]) -> None:
         """Apply a group in memory and start its commit; the callers are answered when it commits."""
+        pending = self._still_awaited(pending)
+        if not pending:
+            return
         self._group_seq += 1
         group = _Group(GroupWrite(self.clock.now_us()), pending=pending, epoch=self._epoch, seq=self._group_seq)
         try:
@@ -528,6 +534,20 @@ class Engine:
             self._inflight_escrows[escrow.escrow_id] = (group.seq, escrow)
         task = asyncio.create_task(self._commit(group))
         self._commits.append(task)
+
+    def _still_awaited(self, pending: list[_Pending]) -> list[_Pending]:
+        """The commands whose callers still wait for them. One whose caller went away before its group was
+        applied (its deadline passed, the client cancelled, the server is stopping) is not applied, and with
+        one of a SubmitPayments call the whole call: nobody is there to hear the answer, and a client that
+        gave up on a payment has it made only if it asks again (with the same request id, once, as after any
+        answer lost). Whatever was applied before its caller left stands or falls with its group."""
+        abandoned = {id(item.call or item) for item in pending if item.future.cancelled()}
+        if not abandoned:
+            return pending
+        kept = [item for item in pending if id(item.call or item) not in abandoned]
+        if self._metrics is not None:
+            self._metrics.abandoned_commands.inc(len(pending) - len(kept))
+        return kept
 
     async def _commit(self, group: _Group) -> None:
         started = time.perf_counter()
@@ -616,7 +636,7 @@ class Engine:
 
     def _answer(self, group: _Group) -> None:
         for index, item in enumerate(group.pending):
-            if item.future.done():  # the caller went away (cancelled); the command stands or falls anyway
+            if item.future.done():  # the caller went away once it was applied: it stands or falls anyway
                 continue
             if group.failure is not None:
                 item.future.set_exception(group.failure)
