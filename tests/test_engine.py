@@ -221,20 +221,12 @@ async def test_a_command_whose_caller_went_away_before_its_group_is_not_applied(
     metrics = Metrics()
     engine = Engine(database, TOKENS, EngineConfig(max_inflight=2, pipeline_min_commands=100), metrics=metrics)
     await engine.start()
-    original = GroupWriter.commit
-    gate = asyncio.Event()
-    started: asyncio.Queue[int] = asyncio.Queue()  # payments in each commit, as the commits start
-
-    async def held_commit(self: GroupWriter, group: Any, epoch: int) -> None:
-        started.put_nowait(len(group.new_payments))
-        await gate.wait()
-        await original(self, group, epoch)
-
+    commits = HeldCommits(monkeypatch)
     try:
         await engine.execute(deposit(ALICE, 10**15))
-        monkeypatch.setattr(GroupWriter, "commit", held_commit)
+        commits.hold()
         first = asyncio.create_task(engine.execute(submit(request_id="first")))
-        assert await asyncio.wait_for(started.get(), 10) == 1
+        assert await commits.next() == 1
         # These wait for the held commit, in the inbox and in the engine's next group.
         gone = asyncio.create_task(engine.execute(submit(request_id="gone")))
         call = asyncio.create_task(engine.submit_payments([submit(request_id=f"call-{i}") for i in range(3)]))
@@ -242,8 +234,8 @@ async def test_a_command_whose_caller_went_away_before_its_group_is_not_applied(
         await asyncio.sleep(0.1)
         gone.cancel()
         call.cancel()
-        gate.set()
-        assert await asyncio.wait_for(started.get(), 10) == 1  # only "kept" went on
+        commits.gate.set()
+        assert await commits.next() == 1  # only "kept" went on
         await asyncio.gather(first, kept)
         for task in (gone, call):
             with pytest.raises(asyncio.CancelledError):
@@ -259,9 +251,38 @@ async def test_a_command_whose_caller_went_away_before_its_group_is_not_applied(
         assert replayed.payment_id == again.payment_id
         assert stored_balances(path)[(ALICE, "USDC")].reserved == 3 * 1_010_000
     finally:
-        gate.set()
+        commits.gate.set()
         await engine.stop()
         await database.close()
+
+
+class HeldCommits:
+    """GroupWriter.commit held at a gate once :meth:`hold` is called: each commit reports its number of new
+    payments as it starts, then waits for ``gate`` (waiters wake in order, so the commits still reach the
+    writer in order)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.gate = asyncio.Event()
+        self._started: asyncio.Queue[int] = asyncio.Queue()
+        self._monkeypatch = monkeypatch
+
+    def hold(self) -> None:
+        original = GroupWriter.commit
+
+        async def held_commit(writer: GroupWriter, group: Any, epoch: int) -> None:
+            self._started.put_nowait(len(group.new_payments))
+            await self.gate.wait()
+            await original(writer, group, epoch)
+
+        self._monkeypatch.setattr(GroupWriter, "commit", held_commit)
+
+    def idle(self) -> bool:
+        """No commit has started since the last :meth:`next`."""
+        return self._started.empty()
+
+    async def next(self) -> int:
+        """The number of new payments in the next commit to start."""
+        return await asyncio.wait_for(self._started.get(), 10)
 
 
 def stored_request_ids(path: Path) -> set[str]:
@@ -378,43 +399,32 @@ async def test_only_a_group_worth_it_is_applied_while_another_commits(
     database = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'pipeline.db'}")
     engine = Engine(database, TOKENS, EngineConfig(max_inflight=2, pipeline_min_commands=100))
     await engine.start()
-    original = GroupWriter.commit
-    gate = asyncio.Event()
-    started: asyncio.Queue[int] = asyncio.Queue()  # payments in each commit, as the commits start
-
-    async def held_commit(self: GroupWriter, group: Any, epoch: int) -> None:
-        started.put_nowait(len(group.new_payments))
-        await gate.wait()  # waiters wake in order, so the commits still reach the writer in order
-        await original(self, group, epoch)
-
-    async def next_commit() -> int:
-        return await asyncio.wait_for(started.get(), 10)
-
+    commits = HeldCommits(monkeypatch)
     try:
         await engine.execute(deposit(ALICE, 10**15))
-        monkeypatch.setattr(GroupWriter, "commit", held_commit)
+        commits.hold()
         first = asyncio.create_task(engine.execute(submit()))
-        assert await next_commit() == 1
+        assert await commits.next() == 1
         five = [submit() for _ in range(5)]
         few = asyncio.create_task(engine.execute_many(five))
         await asyncio.sleep(0.1)
-        assert started.empty()  # the five wait for the held commit...
-        gate.set()
-        assert await next_commit() == 5  # ...and then commit together
+        assert commits.idle()  # the five wait for the held commit...
+        commits.gate.set()
+        assert await commits.next() == 5  # ...and then commit together
         await asyncio.gather(first, few)
 
-        gate.clear()
+        commits.gate.clear()
         first = asyncio.create_task(engine.execute(submit()))
-        assert await next_commit() == 1
+        assert await commits.next() == 1
         commands = [submit() for _ in range(150)]
         many = asyncio.create_task(engine.execute_many(commands))
-        assert await next_commit() == 150  # applied and on its way while the first is still held
+        assert await commits.next() == 150  # applied and on its way while the first is still held
         assert not first.done()
-        gate.set()
+        commits.gate.set()
         results = await asyncio.gather(first, many)
         assert all(isinstance(p, Payment) for p in [results[0], *results[1]])
     finally:
-        gate.set()
+        commits.gate.set()
         await engine.stop()
         await database.close()
     assert stored_balances(tmp_path / "pipeline.db")[(ALICE, "USDC")].reserved == 157 * 1_010_000
