@@ -222,11 +222,11 @@ async def run(quick: bool) -> dict[str, Any]:
     # Every ledger of the run lives here until the end: deleting gigabytes mid-run stalls the disk's syncs
     # (this machine's file system discards freed blocks) while the next phase measures.
     with tempfile.TemporaryDirectory(prefix="agentflow-bench-") as root:
-        result = await asyncio.to_thread(measure_disk, root, 1000.0, disk_seconds)
+        result = await asyncio.to_thread(measure_disk, root, disk_seconds)
         result.update(await on_fresh_server(lambda ready: measure(ready, seconds, latency_seconds), parent=root))
         count, spread = (2_000, 2.0) if quick else (10_000, 10.0)
         # The disk as the escrow phase finds it, after the acceptance phases' gigabytes.
-        disk = await asyncio.to_thread(measure_disk, root, 1000.0, disk_seconds / 2)
+        disk = await asyncio.to_thread(measure_disk, root, disk_seconds / 2)
         result["escrow_disk_floor_p99_ms_at_1000"] = disk["disk_floor_p99_ms_at_1000"]
         result.update(await on_fresh_server(lambda ready: measure_escrow(ready, count, spread), parent=root))
         result.update(await measure_chain(5.0 if quick else 30.0))
