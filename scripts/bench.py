@@ -57,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_chain import measure_chain
 from bench_disk import measure_disk
 from bench_escrow import measure_escrow
+from bench_stats import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNTS = 64
@@ -138,11 +139,6 @@ async def open_loop(
         tasks.append(asyncio.create_task(one(i)))
     await asyncio.gather(*tasks)
     return latencies, failures
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
 
 
 def cpu_seconds(pid: int) -> float:

@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_stats import percentile
 
 # Fewer bytes than SQLite writes (several pages of tables and indexes a payment): a floor, not an estimate.
 _BYTES_PER_PAYMENT = 4096
 # Payments a second: the rate of the p99 target.
 _RATE = 1000
-
-
-def _percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
 
 
 def measure_disk(directory: str | None = None, seconds: float = 10.0) -> dict[str, Any]:
@@ -60,16 +60,15 @@ def measure_disk(directory: str | None = None, seconds: float = 10.0) -> dict[st
             os.unlink(path)
     return {
         "disk_sync_p50_ms": round(statistics.median(syncs), 2),
-        "disk_sync_p99_ms": round(_percentile(syncs, 0.99), 2),
+        "disk_sync_p99_ms": round(percentile(syncs, 0.99), 2),
         "disk_sync_max_ms": round(max(syncs), 2),
         "disk_syncs_per_s": round(len(syncs) / seconds, 1),
         "disk_floor_p50_ms_at_1000": round(statistics.median(latencies), 2),
-        "disk_floor_p99_ms_at_1000": round(_percentile(latencies, 0.99), 2),
+        "disk_floor_p99_ms_at_1000": round(percentile(latencies, 0.99), 2),
     }
 
 
 if __name__ == "__main__":
     import json
-    import sys
 
     print(json.dumps(measure_disk(seconds=float(sys.argv[1]) if len(sys.argv) > 1 else 10.0)))

@@ -29,12 +29,10 @@ from google.protobuf import timestamp_pb2
 
 from agentflow_payments.v1 import escrow_pb2, escrow_pb2_grpc, payments_pb2, payments_pb2_grpc
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_stats import percentile
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
 
 
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -135,10 +133,10 @@ async def measure_escrow(ready: dict[str, Any], count: int = 10_000, spread: flo
         "escrows_expired": len(lateness_ms),
         "escrows_not_expired": active,
         "expiry_late_p50_ms": round(statistics.median(lateness_ms), 1) if lateness_ms else None,
-        "expiry_late_p99_ms": round(_percentile(lateness_ms, 0.99), 1) if lateness_ms else None,
+        "expiry_late_p99_ms": round(percentile(lateness_ms, 0.99), 1) if lateness_ms else None,
         "expiry_late_max_ms": round(max(lateness_ms), 1) if lateness_ms else None,
-        "probe_p99_ms_idle": round(_percentile(idle, 0.99), 2),
-        "probe_p99_ms_during_expiry": round(_percentile(during, 0.99), 2),
+        "probe_p99_ms_idle": round(percentile(idle, 0.99), 2),
+        "probe_p99_ms_during_expiry": round(percentile(during, 0.99), 2),
     }
 
 

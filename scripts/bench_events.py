@@ -28,6 +28,9 @@ import grpc
 from agentflow_payments import AsyncClient
 from agentflow_payments.v1 import events_pb2, payments_pb2, payments_pb2_grpc
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_stats import percentile
+
 ROOT = Path(__file__).resolve().parent.parent
 _STREAMS_PER_CHANNEL = 100
 
@@ -61,11 +64,6 @@ async def submit_in_calls_of_100(
             for i in range(100)
         ]
         await stub.SubmitPayments(payments_pb2.SubmitPaymentsRequest(requests=requests), metadata=metadata)
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
 
 
 async def _head(ready: dict[str, Any]) -> int:

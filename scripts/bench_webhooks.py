@@ -29,7 +29,8 @@ from aiohttp import web
 from agentflow_payments.v1 import payments_pb2_grpc, webhooks_pb2, webhooks_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_events import percentile, submit_in_calls_of_100
+from bench_events import submit_in_calls_of_100
+from bench_stats import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {"AGENTFLOW_WEBHOOK_ALLOW_PRIVATE": "true"}
