@@ -18,6 +18,9 @@ and from this process, as the client, measures in one run:
   processes share them, so SubmitPayment's share of the empty RPC's rate cannot exceed the empty RPC's
   cost over SubmitPayment's, nor bulk calls all the cores' time over a payment's cost;
 - the server's RSS with at least 100,000 payments in the queue;
+- once that server has stopped, with nothing else running, the bulk phase's own groups read back from its
+  ledger and written again into a new one on the same disk (scripts/bench_ledger.py): what SQLite, the
+  schema's indexes and the disk alone allow bulk acceptance, whatever the server does;
 - on a fresh server, 10,000 escrows with deadlines scattered over 10 s (scripts/bench_escrow.py): how late
   their expiries ran, and SubmitPayment latency meanwhile against the same probe before;
 - on anvil, through a server settling on it (scripts/bench_chain.py): gas per payment in a batch of 200
@@ -57,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_chain import measure_chain
 from bench_disk import measure_disk
 from bench_escrow import measure_escrow
+from bench_ledger import measure_ledger_writes
 from bench_stats import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -193,8 +197,10 @@ async def on_fresh_server(
     measure: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
     settings: dict[str, str] | None = None,
     parent: str | None = None,
+    after_stop: Callable[[Path, dict[str, Any]], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Start a funded server on a new ledger (with these AGENTFLOW_* variables), measure against it, stop it.
+    """Start a funded server on a new ledger (with these AGENTFLOW_* variables), measure against it, stop it,
+    and then, if given, measure ``after_stop(ledger file, measures)`` on a thread, with nothing else running.
     The ledger is made in ``parent`` and left for its owner to delete, or, without one, deleted at once."""
     with contextlib.ExitStack() as stack:
         if parent is None:
@@ -203,10 +209,13 @@ async def on_fresh_server(
             data_dir = tempfile.mkdtemp(prefix="ledger-", dir=parent)
         process, ready = await start_server(data_dir, settings)
         try:
-            return await measure(ready)
+            result = await measure(ready)
         finally:
             process.terminate()
             await process.wait()
+        if after_stop is not None:
+            result.update(await asyncio.to_thread(after_stop, Path(data_dir) / "agentflow.db", result))
+        return result
 
 
 async def run(quick: bool) -> dict[str, Any]:
@@ -219,7 +228,16 @@ async def run(quick: bool) -> dict[str, Any]:
     # (this machine's file system discards freed blocks) while the next phase measures.
     with tempfile.TemporaryDirectory(prefix="agentflow-bench-") as root:
         result = await asyncio.to_thread(measure_disk, root, disk_seconds)
-        result.update(await on_fresh_server(lambda ready: measure(ready, seconds, latency_seconds), parent=root))
+        result.update(
+            await on_fresh_server(
+                lambda ready: measure(ready, seconds, latency_seconds),
+                parent=root,
+                # The bulk phase's groups written again into a new ledger beside it: the ledger's part of bulk.
+                after_stop=lambda ledger, measured: measure_ledger_writes(
+                    ledger, root, *measured.pop("bulk_window_us")
+                ),
+            )
+        )
         count, spread = (2_000, 2.0) if quick else (10_000, 10.0)
         # The disk as the escrow phase finds it, after the acceptance phases' gigabytes.
         disk = await asyncio.to_thread(measure_disk, root, disk_seconds / 2)
@@ -289,7 +307,9 @@ async def measure(ready: dict[str, Any], seconds: float, latency_seconds: float)
             empty_cpu = cpu.lap()
             submit_calls, submit_time = await closed_loop(submit, 64, seconds)
             submit_cpu = cpu.lap()
+            bulk_started_us = time.time_ns() // 1000
             bulk_calls, bulk_time = await closed_loop(bulk, 4, seconds)
+            bulk_window_us = (bulk_started_us, time.time_ns() // 1000)
             bulk_cpu = cpu.lap()
         queued = 0.5 * 16 + submit_calls + bulk_calls * 100 + len(latencies)
 
@@ -338,6 +358,8 @@ async def measure(ready: dict[str, Any], seconds: float, latency_seconds: float)
         "queued_payments": int(queued),
         "seconds_per_phase": seconds,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        # Not printed: when the bulk phase ran, for measure_ledger_writes (the server's clock is this one).
+        "bulk_window_us": bulk_window_us,
     }
 
 
@@ -374,6 +396,12 @@ def main() -> None:
             f"{result['bulk_client_cpu_us']:,.0f} µs",
             f"all CPU per payment then allows at most {result['bulk_cpu_bound_per_s']:,.0f} payments/s "
             f"on {os.cpu_count()} CPUs",
+        ),
+        (
+            f"ledger writes alone: the bulk phase's groups again ({result['ledger_writes_group_size']:,.0f} a group)",
+            f"{result['ledger_writes_payments_per_s']:,.0f} payments/s",
+            f"no server: SQLite and this disk allow bulk at most this; {result['ledger_writes_cpu_us']:,.0f} µs CPU "
+            f"and {result['ledger_writes_kb_per_payment']:,.1f} KB written a payment",
         ),
         (
             "empty RPC p50 / p99 at 1,000/s offered",
