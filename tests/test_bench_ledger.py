@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -13,11 +12,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from agentflow_payments.v1 import payments_pb2
-from agentflow_server.engine.commands import CreditDeposit
 from agentflow_server.ledger.schema import accounts, events, idempotency, payments, transfers, volume_daily
 
 from .conftest import ALICE, BOB, StartServer
-from .test_payments import CAROL, pay
+from .test_payments import CAROL, _funder, pay
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,19 +46,9 @@ def _table(path: Path, table: sa.Table, since_us: int, order: str, leave_out: st
 
 async def test_the_bulk_phase_groups_are_written_again_as_committed(start_server: StartServer, tmp_path: Path) -> None:
     server = await start_server()
-    engine = server.service.engine
+    fund = _funder(server)
     for address in (ALICE, BOB, CAROL):
-        await engine.execute(
-            CreditDeposit(
-                beneficiary=address,
-                depositor=address,
-                token=engine.tokens.get("USDC"),
-                amount=10**12,
-                transaction_hash="0x" + secrets.token_hex(32),
-                log_index=0,
-                block_number=1,
-            )
-        )
+        await fund(address, 10**12)
     started_us = time.time_ns() // 1000
     async with server.client() as client:
         for call in range(3):
